@@ -1,0 +1,36 @@
+//! Errors of the stores.
+
+use std::error::Error as StdError;
+
+/// A boxed error from a store's backend (a connection, a timeout, a server reply).
+pub type BoxError = Box<dyn StdError + Send + Sync + 'static>;
+
+/// What can go wrong in a [`Store`](crate::store::Store) operation.
+///
+/// The layer answers every variant with a response, never a panic: [`LeaseLost`](Self::LeaseLost)
+/// is logged (the handler already ran), the others become `503 Service Unavailable` with
+/// `Retry-After` (or, with `fail_open`, an unprotected run of the handler).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// The lease token no longer matches the record: the lease expired and the key was released
+    /// or claimed by another holder. Nothing was written.
+    #[error("the lease on this idempotency key is no longer held")]
+    LeaseLost,
+    /// The store is at its capacity and holds nothing it may evict (only records in progress).
+    #[error("the idempotency store is full: {0}")]
+    Full(&'static str),
+    /// A stored record could not be decoded: corrupt bytes or an unknown encoding version.
+    #[error("a stored idempotency record is corrupt: {0}")]
+    Corrupt(String),
+    /// The backend could not be reached or did not answer in time.
+    #[error("the idempotency store is unavailable")]
+    Unavailable(#[source] BoxError),
+}
+
+impl StoreError {
+    /// Wraps a backend error as [`StoreError::Unavailable`].
+    pub fn unavailable(error: impl Into<BoxError>) -> Self {
+        Self::Unavailable(error.into())
+    }
+}

@@ -1,0 +1,458 @@
+//! The service: what the layer does with each request.
+
+use std::fmt;
+use std::future::{Future, poll_fn};
+use std::pin::{Pin, pin};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use http::request::Parts;
+use http::{HeaderMap, HeaderValue, Request, Response, response};
+use http_body::Body;
+use tokio::time::Instant;
+use tower_service::Service;
+
+use crate::body::{RequestBody, ResponseBody};
+use crate::error::{BoxError, StoreError};
+use crate::future::ResponseFuture;
+use crate::key::{self, Fingerprint, FingerprintFn, ScopeFn, StoreKey};
+use crate::layer::{DetachedWork, IdempotencyLayer, InFlight, Settings};
+use crate::problem::Problem;
+use crate::record;
+use crate::store::{Begin, LeaseToken, Store};
+
+/// The namespace of keys that come from HTTP requests.
+const HTTP_NAMESPACE: &str = "http";
+
+/// `Retry-After` of a 503 for a failed store or too much detached work.
+const RETRY_UNAVAILABLE: Duration = Duration::from_secs(1);
+
+/// The header that marks a replayed response.
+pub const IDEMPOTENT_REPLAYED: &str = "idempotent-replayed";
+
+/// Middleware that adds `Idempotency-Key` handling to a service; made by
+/// [`IdempotencyLayer`]. See the [crate docs](crate).
+pub struct Idempotency<S, St, Sc, Fp> {
+    inner: S,
+    shared: Arc<Shared<St, Sc, Fp>>,
+}
+
+struct Shared<St, Sc, Fp> {
+    store: Arc<St>,
+    scope: Arc<Sc>,
+    fingerprint: Arc<Fp>,
+    settings: Settings,
+    detached: DetachedWork,
+}
+
+impl<S, St, Sc, Fp> Idempotency<S, St, Sc, Fp> {
+    pub(crate) fn new(inner: S, layer: &IdempotencyLayer<St, Sc, Fp>) -> Self {
+        Self {
+            inner,
+            shared: Arc::new(Shared {
+                store: layer.store.clone(),
+                scope: layer.scope.clone(),
+                fingerprint: layer.fingerprint.clone(),
+                settings: layer.settings.clone(),
+                detached: layer.detached.clone(),
+            }),
+        }
+    }
+}
+
+impl<S: Clone, St, Sc, Fp> Clone for Idempotency<S, St, Sc, Fp> {
+    fn clone(&self) -> Self {
+        Self {
+            inner: self.inner.clone(),
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+impl<S: fmt::Debug, St, Sc, Fp> fmt::Debug for Idempotency<S, St, Sc, Fp> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Idempotency")
+            .field("inner", &self.inner)
+            .field("settings", &self.shared.settings)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S, St, Sc, Fp, B, ResBody> Service<Request<B>> for Idempotency<S, St, Sc, Fp>
+where
+    S: Service<Request<RequestBody<B>>, Response = Response<ResBody>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+    St: Store,
+    Sc: ScopeFn,
+    Fp: FingerprintFn,
+    B: Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+    ResBody: Body<Data = Bytes> + Send + 'static,
+    ResBody::Error: Into<BoxError>,
+{
+    type Response = Response<ResponseBody<ResBody>>;
+    type Error = S::Error;
+    type Future = ResponseFuture<S::Future, ResBody, S::Error>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request<B>) -> Self::Future {
+        let settings = &self.shared.settings;
+        if !settings.methods.contains(request.method()) {
+            return self.pass(request);
+        }
+        let (parts, body) = request.into_parts();
+        let key = match key::from_headers(&parts.headers, &settings.header) {
+            Ok(Some(client_key)) => {
+                let scope = self.shared.scope.scope(&parts);
+                StoreKey::derive(settings.prefix.clone(), HTTP_NAMESPACE, &scope, &client_key)
+            }
+            Ok(None) if settings.require_key => {
+                return ResponseFuture::ready(Problem::KeyMissing.into_response());
+            }
+            Ok(None) => return self.pass(Request::from_parts(parts, body)),
+            Err(error) => {
+                tracing::debug!(%error, "idempotency: malformed key refused");
+                return ResponseFuture::ready(Problem::KeyMalformed(error).into_response());
+            }
+        };
+        let tracker = &self.shared.detached.0;
+        if settings
+            .max_detached
+            .is_some_and(|max| tracker.len() >= max)
+        {
+            tracing::warn!(
+                detached = tracker.len(),
+                "idempotency: detached work at its bound; request refused"
+            );
+            return ResponseFuture::ready(
+                Problem::Overloaded {
+                    retry_after: RETRY_UNAVAILABLE,
+                }
+                .into_response(),
+            );
+        }
+        // The ready service goes into the future; a fresh clone waits for the next poll_ready.
+        let clone = self.inner.clone();
+        let inner = std::mem::replace(&mut self.inner, clone);
+        let work = protect(self.shared.clone(), inner, parts, body, key);
+        ResponseFuture::protected(Box::pin(work), tracker)
+    }
+}
+
+impl<S, St, Sc, Fp> Idempotency<S, St, Sc, Fp> {
+    fn pass<B, ResBody>(
+        &mut self,
+        request: Request<B>,
+    ) -> ResponseFuture<S::Future, ResBody, S::Error>
+    where
+        S: Service<Request<RequestBody<B>>, Response = Response<ResBody>>,
+    {
+        ResponseFuture::passthrough(self.inner.call(request.map(RequestBody::passthrough)))
+    }
+}
+
+type Answer<B, E> = Result<Response<ResponseBody<B>>, E>;
+
+/// The life of one protected request: read and fingerprint it, claim its key, run the handler
+/// under a heartbeat, then store or release.
+async fn protect<S, St, Sc, Fp, B, ResBody>(
+    shared: Arc<Shared<St, Sc, Fp>>,
+    mut inner: S,
+    parts: Parts,
+    body: B,
+    key: StoreKey,
+) -> Answer<ResBody, S::Error>
+where
+    S: Service<Request<RequestBody<B>>, Response = Response<ResBody>>,
+    St: Store,
+    Fp: FingerprintFn,
+    B: Body<Data = Bytes>,
+    B::Error: Into<BoxError>,
+    ResBody: Body<Data = Bytes>,
+    ResBody::Error: Into<BoxError>,
+{
+    let settings = &shared.settings;
+    let limit = settings.max_request_body;
+    let (body, trailers) = match collect(pin!(body), limit).await {
+        Collected::Complete(body, trailers) => (body, trailers),
+        Collected::OverLimit(_) => {
+            return Ok(Problem::BodyTooLarge { limit }.into_response());
+        }
+        Collected::Failed(error) => {
+            let error = error.into();
+            tracing::debug!(key = %key.short(), %error, "idempotency: request body failed");
+            return Ok(Problem::BodyUnreadable.into_response());
+        }
+    };
+    let fingerprint = shared.fingerprint.fingerprint(&parts, &body);
+    let request = Request::from_parts(parts, RequestBody::buffered(body, trailers));
+    let token = match claim(&shared, &key, &fingerprint).await {
+        Claim::Acquired(token) => token,
+        Claim::Answer(response) => return Ok(response),
+        Claim::Unprotected => {
+            let response = inner.call(request).await?;
+            return Ok(response.map(ResponseBody::stream));
+        }
+    };
+    let store = &*shared.store;
+    let executed = heartbeat(store, &key, token, settings.lease, async {
+        let response = match inner.call(request).await {
+            Ok(response) => response,
+            Err(error) => return Executed::Failed(error),
+        };
+        let (head, body) = response.into_parts();
+        if !(settings.store_when)(&head) {
+            return Executed::NotStored(Response::from_parts(head, ResponseBody::stream(body)));
+        }
+        let mut body = Box::pin(body);
+        match collect(body.as_mut(), settings.max_response_body).await {
+            Collected::Complete(data, trailers) => Executed::Complete(head, data, trailers),
+            Collected::OverLimit(prefix) => Executed::TooLarge(head, prefix, body),
+            Collected::Failed(error) => Executed::BodyFailed(error.into()),
+        }
+    })
+    .await;
+
+    match executed {
+        Executed::Complete(head, data, trailers) => {
+            store_result(&shared, &key, token, &head, &data, false).await;
+            Ok(Response::from_parts(
+                head,
+                ResponseBody::with_trailers(data, trailers),
+            ))
+        }
+        Executed::TooLarge(head, prefix, rest) => {
+            store_result(&shared, &key, token, &head, &[], true).await;
+            Ok(Response::from_parts(
+                head,
+                ResponseBody::remainder(prefix, rest),
+            ))
+        }
+        Executed::NotStored(response) => {
+            tracing::debug!(key = %key.short(), status = %response.status(), "idempotency: executed; response not stored, key released");
+            release(store, &key, token).await;
+            Ok(response)
+        }
+        Executed::BodyFailed(error) => {
+            tracing::warn!(key = %key.short(), %error, "idempotency: response body failed; key released");
+            release(store, &key, token).await;
+            Ok(Problem::ResponseFailed.into_response())
+        }
+        Executed::Failed(error) => {
+            tracing::debug!(key = %key.short(), "idempotency: handler failed; key released");
+            release(store, &key, token).await;
+            Err(error)
+        }
+    }
+}
+
+enum Claim<B> {
+    Acquired(LeaseToken),
+    Answer(Response<ResponseBody<B>>),
+    /// The store failed and the layer fails open: run the handler without protection.
+    Unprotected,
+}
+
+async fn claim<St: Store, Sc, Fp, B>(
+    shared: &Shared<St, Sc, Fp>,
+    key: &StoreKey,
+    fingerprint: &Fingerprint,
+) -> Claim<B> {
+    let settings = &shared.settings;
+    let mut wait_until = None;
+    loop {
+        let begun = shared.store.begin(key, fingerprint, settings.lease).await;
+        let retry_after = match begun {
+            Ok(Begin::Acquired(token)) => return Claim::Acquired(token),
+            Ok(Begin::Completed(record)) => return replay(record, key, settings.fail_open),
+            Ok(Begin::Mismatch) => {
+                tracing::info!(key = %key.short(), "idempotency: key reused with another payload");
+                return Claim::Answer(Problem::KeyReused.into_response());
+            }
+            Ok(Begin::InProgress { retry_after }) => retry_after,
+            Err(error) => return store_failed(&error, key, settings.fail_open),
+        };
+        let left = match settings.in_flight {
+            InFlight::Conflict => Duration::ZERO,
+            InFlight::Wait(bound) => wait_until
+                .get_or_insert_with(|| Instant::now() + bound)
+                .saturating_duration_since(Instant::now()),
+        };
+        if left.is_zero() {
+            tracing::debug!(key = %key.short(), "idempotency: conflict, key in flight");
+            return Claim::Answer(Problem::InProgress { retry_after }.into_response());
+        }
+        if let Err(error) = shared.store.wait(key, left).await {
+            return store_failed(&error, key, settings.fail_open);
+        }
+    }
+}
+
+fn replay<B>(record: Bytes, key: &StoreKey, fail_open: bool) -> Claim<B> {
+    let stored = match record::decode(record) {
+        Ok(stored) => stored,
+        Err(error) => return store_failed(&error, key, fail_open),
+    };
+    if stored.body_omitted {
+        tracing::debug!(key = %key.short(), "idempotency: replay refused, response was not stored");
+        return Claim::Answer(
+            Problem::ResponseNotStored {
+                original_status: stored.status,
+            }
+            .into_response(),
+        );
+    }
+    tracing::debug!(key = %key.short(), "idempotency: replayed");
+    let mut response = Response::new(ResponseBody::full(stored.body));
+    *response.status_mut() = stored.status;
+    *response.headers_mut() = stored.headers;
+    response
+        .headers_mut()
+        .insert(IDEMPOTENT_REPLAYED, HeaderValue::from_static("true"));
+    Claim::Answer(response)
+}
+
+fn store_failed<B>(error: &StoreError, key: &StoreKey, fail_open: bool) -> Claim<B> {
+    if fail_open {
+        tracing::warn!(key = %key.short(), %error, "idempotency: store failed; running unprotected (fail_open)");
+        return Claim::Unprotected;
+    }
+    tracing::error!(key = %key.short(), %error, "idempotency: store failed; request refused");
+    Claim::Answer(
+        Problem::StoreUnavailable {
+            retry_after: RETRY_UNAVAILABLE,
+        }
+        .into_response(),
+    )
+}
+
+async fn store_result<St: Store, Sc, Fp>(
+    shared: &Shared<St, Sc, Fp>,
+    key: &StoreKey,
+    token: LeaseToken,
+    head: &response::Parts,
+    body: &[u8],
+    body_omitted: bool,
+) {
+    let record = record::encode(head, body, body_omitted);
+    let ttl = shared.settings.ttl;
+    match shared.store.complete(key, token, record, ttl).await {
+        Ok(()) => {
+            tracing::debug!(key = %key.short(), status = %head.status, body_omitted, "idempotency: executed and stored");
+        }
+        Err(StoreError::LeaseLost) => tracing::warn!(
+            key = %key.short(),
+            "idempotency: lease lost before the response was stored; the handler ran longer \
+             than its lease without a heartbeat reaching the store"
+        ),
+        Err(error) => tracing::error!(
+            key = %key.short(),
+            %error,
+            "idempotency: response not stored; the key stays in progress until its lease expires"
+        ),
+    }
+}
+
+async fn release<St: Store>(store: &St, key: &StoreKey, token: LeaseToken) {
+    if let Err(error) = store.release(key, token).await {
+        tracing::warn!(key = %key.short(), %error, "idempotency: key not released");
+    }
+}
+
+enum Executed<B, E> {
+    Complete(response::Parts, Bytes, Option<HeaderMap>),
+    TooLarge(response::Parts, Bytes, Pin<Box<B>>),
+    NotStored(Response<ResponseBody<B>>),
+    BodyFailed(BoxError),
+    Failed(E),
+}
+
+/// Drives `work` while extending the lease every third of its length.
+async fn heartbeat<St: Store, F: Future>(
+    store: &St,
+    key: &StoreKey,
+    token: LeaseToken,
+    lease: Duration,
+    work: F,
+) -> F::Output {
+    let mut work = pin!(work);
+    let period = lease / 3;
+    let mut tick = pin!(tokio::time::sleep(period));
+    loop {
+        tokio::select! {
+            biased;
+            output = &mut work => return output,
+            () = &mut tick => {}
+        }
+        let mut extend = pin!(store.extend(key, token, lease));
+        let extended = loop {
+            tokio::select! {
+                biased;
+                output = &mut work => return output,
+                extended = &mut extend => break extended,
+            }
+        };
+        if let Err(error) = extended {
+            tracing::warn!(key = %key.short(), %error, "idempotency: lease not extended");
+        }
+        tick.as_mut().reset(Instant::now() + period);
+    }
+}
+
+enum Collected<E> {
+    Complete(Bytes, Option<HeaderMap>),
+    /// The body outgrew the limit; these are the bytes read so far.
+    OverLimit(Bytes),
+    Failed(E),
+}
+
+/// Reads `body` whole, up to `limit` bytes. A body of one frame is kept without a copy.
+async fn collect<B: Body<Data = Bytes>>(
+    mut body: Pin<&mut B>,
+    limit: usize,
+) -> Collected<B::Error> {
+    if body.size_hint().lower() > limit as u64 {
+        return Collected::OverLimit(Bytes::new());
+    }
+    let mut first = Bytes::new();
+    let mut rest: Option<BytesMut> = None;
+    let mut trailers = None;
+    while let Some(frame) = poll_fn(|cx| body.as_mut().poll_frame(cx)).await {
+        let frame = match frame {
+            Ok(frame) => frame,
+            Err(error) => return Collected::Failed(error),
+        };
+        let data = match frame.into_data() {
+            Ok(data) => data,
+            Err(frame) => {
+                if let Ok(frame_trailers) = frame.into_trailers() {
+                    trailers = Some(frame_trailers);
+                }
+                continue;
+            }
+        };
+        let read = rest.as_ref().map_or(first.len(), BytesMut::len);
+        if read + data.len() > limit {
+            let mut prefix = rest.unwrap_or_else(|| BytesMut::from(first));
+            prefix.extend_from_slice(&data);
+            return Collected::OverLimit(prefix.freeze());
+        }
+        match rest.as_mut() {
+            Some(rest) => rest.extend_from_slice(&data),
+            None if first.is_empty() => first = data,
+            None => {
+                let mut joined = BytesMut::with_capacity((first.len() + data.len()).max(4096));
+                joined.extend_from_slice(&first);
+                joined.extend_from_slice(&data);
+                rest = Some(joined);
+            }
+        }
+    }
+    Collected::Complete(rest.map_or(first, BytesMut::freeze), trailers)
+}

@@ -1,0 +1,532 @@
+//! The in-process store: sharded, bounded by entries and bytes, expiring by TTL.
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
+use std::fmt;
+use std::hash::{BuildHasher, Hash, Hasher};
+use std::mem::size_of;
+use std::pin::pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+use std::time::Duration;
+
+use bytes::Bytes;
+use parking_lot::{Mutex, MutexGuard};
+use tokio::sync::Notify;
+use tokio::time::Instant;
+
+use super::{Begin, Fingerprint, LeaseToken, Store, StoreError, StoreKey};
+
+/// Records in process memory: the embedded default, with the same semantics as the Redis store.
+///
+/// - **Concurrent**: records are spread over independently locked shards by key digest; no
+///   operation takes a global lock.
+/// - **Bounded**: at most [`max_entries`](MemoryStoreBuilder::max_entries) records and
+///   [`max_bytes`](MemoryStoreBuilder::max_bytes) of stored results (plus a fixed per-record
+///   overhead). When full, completed records are evicted, soonest-expiring first; only when
+///   nothing completed is left is a new claim refused with [`StoreError::Full`]. Records in
+///   progress are never evicted: that would let an operation run twice.
+/// - **Expiring**: each shard keeps its records in expiry order and drops the expired ones on
+///   its next operation; no timer or thread per key.
+///
+/// Waiters ([`Store::wait`]) are woken the moment a record completes or is released.
+///
+/// Cloning is cheap and shares the records.
+///
+/// ```
+/// use idempotency_layer::MemoryStore;
+///
+/// let store = MemoryStore::builder()
+///     .max_entries(50_000)
+///     .max_bytes(32 * 1024 * 1024)
+///     .build();
+/// assert!(store.is_empty());
+/// ```
+#[derive(Clone)]
+pub struct MemoryStore {
+    inner: Arc<Inner>,
+}
+
+/// Configures a [`MemoryStore`].
+#[derive(Debug, Clone)]
+pub struct MemoryStoreBuilder {
+    max_entries: usize,
+    max_bytes: usize,
+    shards: usize,
+}
+
+impl Default for MemoryStoreBuilder {
+    fn default() -> Self {
+        let parallelism = std::thread::available_parallelism().map_or(4, usize::from);
+        Self {
+            max_entries: 100_000,
+            max_bytes: 64 * 1024 * 1024,
+            shards: (parallelism * 4).next_power_of_two().clamp(4, 256),
+        }
+    }
+}
+
+impl MemoryStoreBuilder {
+    /// The most records held at once. Default 100 000.
+    pub fn max_entries(mut self, max_entries: usize) -> Self {
+        self.max_entries = max_entries;
+        self
+    }
+
+    /// The most bytes held at once: stored results plus a fixed overhead per record. Default
+    /// 64 MiB.
+    pub fn max_bytes(mut self, max_bytes: usize) -> Self {
+        self.max_bytes = max_bytes;
+        self
+    }
+
+    /// The number of independently locked shards, rounded up to a power of two. Default: four
+    /// per CPU.
+    pub fn shards(mut self, shards: usize) -> Self {
+        self.shards = shards.max(1).next_power_of_two();
+        self
+    }
+
+    /// Builds the store.
+    pub fn build(self) -> MemoryStore {
+        MemoryStore {
+            inner: Arc::new(Inner {
+                shards: (0..self.shards).map(|_| Mutex::default()).collect(),
+                entries: AtomicUsize::new(0),
+                bytes: AtomicUsize::new(0),
+                max_entries: self.max_entries,
+                max_bytes: self.max_bytes,
+            }),
+        }
+    }
+}
+
+impl Default for MemoryStore {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl MemoryStore {
+    /// A store with the default bounds: 100 000 records, 64 MiB.
+    pub fn new() -> Self {
+        Self::builder().build()
+    }
+
+    /// Starts configuring a store.
+    pub fn builder() -> MemoryStoreBuilder {
+        MemoryStoreBuilder::default()
+    }
+
+    /// The number of records held, expired ones not yet dropped included.
+    pub fn len(&self) -> usize {
+        self.inner.entries.load(Relaxed)
+    }
+
+    /// Whether no record is held.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The bytes accounted to the records held.
+    pub fn bytes(&self) -> usize {
+        self.inner.bytes.load(Relaxed)
+    }
+}
+
+impl fmt::Debug for MemoryStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MemoryStore")
+            .field("entries", &self.len())
+            .field("max_entries", &self.inner.max_entries)
+            .field("bytes", &self.bytes())
+            .field("max_bytes", &self.inner.max_bytes)
+            .field("shards", &self.inner.shards.len())
+            .finish()
+    }
+}
+
+struct Inner {
+    shards: Box<[Mutex<Shard>]>,
+    entries: AtomicUsize,
+    bytes: AtomicUsize,
+    max_entries: usize,
+    max_bytes: usize,
+}
+
+/// A key digest; already uniformly distributed, so its first bytes are its hash.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+struct Digest([u8; 32]);
+
+impl Hash for Digest {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        let [a, b, c, d, e, f, g, h, ..] = self.0;
+        state.write_u64(u64::from_le_bytes([a, b, c, d, e, f, g, h]));
+    }
+}
+
+#[derive(Default, Clone, Copy)]
+struct DigestHasher(u64);
+
+impl Hasher for DigestHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(b);
+        }
+    }
+
+    fn write_u64(&mut self, value: u64) {
+        self.0 = value;
+    }
+}
+
+impl BuildHasher for DigestHasher {
+    type Hasher = Self;
+
+    fn build_hasher(&self) -> Self {
+        Self::default()
+    }
+}
+
+enum Entry {
+    InProgress {
+        token: LeaseToken,
+        fingerprint: Fingerprint,
+        expires: Instant,
+        waiters: Option<Arc<Notify>>,
+    },
+    Completed {
+        fingerprint: Fingerprint,
+        result: Bytes,
+        expires: Instant,
+    },
+}
+
+/// What a record costs besides its result: its key, its entry and its two heap slots.
+const RECORD_OVERHEAD: usize =
+    size_of::<Digest>() + size_of::<Entry>() + 2 * size_of::<Reverse<(Instant, Digest)>>();
+
+impl Entry {
+    fn size(&self) -> usize {
+        match self {
+            Entry::InProgress { .. } => RECORD_OVERHEAD,
+            Entry::Completed { result, .. } => RECORD_OVERHEAD + result.len(),
+        }
+    }
+
+    fn live_lease(&self, now: Instant, token: LeaseToken) -> bool {
+        matches!(self, Entry::InProgress { token: held, expires, .. } if *held == token && *expires > now)
+    }
+}
+
+type ExpiryHeap = BinaryHeap<Reverse<(Instant, Digest)>>;
+
+#[derive(Default)]
+struct Shard {
+    map: HashMap<Digest, Entry, DigestHasher>,
+    /// Lease expiries of records in progress; stale slots are skipped when popped.
+    leases: ExpiryHeap,
+    /// Expiries of completed records, also the eviction order.
+    completed: ExpiryHeap,
+}
+
+impl Shard {
+    fn remove(&mut self, digest: &Digest, inner: &Inner) -> Option<Entry> {
+        let entry = self.map.remove(digest)?;
+        inner.entries.fetch_sub(1, Relaxed);
+        inner.bytes.fetch_sub(entry.size(), Relaxed);
+        if let Entry::InProgress {
+            waiters: Some(waiters),
+            ..
+        } = &entry
+        {
+            waiters.notify_waiters();
+        }
+        Some(entry)
+    }
+
+    /// Drops every record whose lease or TTL has run out; returns how many.
+    fn purge(&mut self, now: Instant, inner: &Inner) -> usize {
+        let mut purged = 0;
+        while let Some(&Reverse((at, digest))) = self.leases.peek() {
+            if at > now {
+                break;
+            }
+            self.leases.pop();
+            if matches!(self.map.get(&digest), Some(Entry::InProgress { expires, .. }) if *expires <= now)
+            {
+                self.remove(&digest, inner);
+                purged += 1;
+            }
+        }
+        while let Some(&Reverse((at, digest))) = self.completed.peek() {
+            if at > now {
+                break;
+            }
+            self.completed.pop();
+            if matches!(self.map.get(&digest), Some(Entry::Completed { expires, .. }) if *expires <= now)
+            {
+                self.remove(&digest, inner);
+                purged += 1;
+            }
+        }
+        purged
+    }
+
+    /// Evicts the completed record that expires soonest; false when there is none.
+    fn evict_completed(&mut self, inner: &Inner) -> bool {
+        while let Some(Reverse((at, digest))) = self.completed.pop() {
+            if matches!(self.map.get(&digest), Some(Entry::Completed { expires, .. }) if *expires == at)
+            {
+                self.remove(&digest, inner);
+                return true;
+            }
+        }
+        false
+    }
+
+    /// Charges `entries` and `bytes` to the store's budget, evicting this shard's completed
+    /// records as needed. False when the budget is still exceeded.
+    fn charge(&mut self, inner: &Inner, entries: usize, bytes: usize) -> bool {
+        loop {
+            if inner.try_charge(entries, bytes) {
+                return true;
+            }
+            if !self.evict_completed(inner) {
+                return false;
+            }
+        }
+    }
+}
+
+impl Inner {
+    fn shard_of(&self, key: &StoreKey) -> (usize, Digest) {
+        let digest = Digest(*key.digest());
+        let [.., a, b, c, d, e, f, g, h] = digest.0;
+        let index = u64::from_le_bytes([a, b, c, d, e, f, g, h]) as usize & (self.shards.len() - 1);
+        (index, digest)
+    }
+
+    fn try_charge(&self, entries: usize, bytes: usize) -> bool {
+        if self.entries.fetch_add(entries, Relaxed) + entries > self.max_entries {
+            self.entries.fetch_sub(entries, Relaxed);
+            return false;
+        }
+        if self.bytes.fetch_add(bytes, Relaxed) + bytes > self.max_bytes {
+            self.bytes.fetch_sub(bytes, Relaxed);
+            self.entries.fetch_sub(entries, Relaxed);
+            return false;
+        }
+        true
+    }
+
+    /// Frees room in shards other than `except`, one shard locked at a time: drops expired
+    /// records, else evicts one completed record. False when nothing could be freed.
+    fn free_elsewhere(&self, except: usize, now: Instant) -> bool {
+        let others = (1..self.shards.len()).map(|step| (except + step) % self.shards.len());
+        for index in others {
+            let mut shard = self.shards[index].lock();
+            if shard.purge(now, self) > 0 || shard.evict_completed(self) {
+                return true;
+            }
+        }
+        false
+    }
+
+    /// Locks the shard of `key`, runs `op` on it, and when `op` needs room that the shard
+    /// alone cannot free, frees it elsewhere (with the shard unlocked) and runs `op` again.
+    fn with_room<T>(
+        &self,
+        key: &StoreKey,
+        mut op: impl FnMut(&mut MutexGuard<'_, Shard>, Digest, Instant) -> Result<T, NeedRoom>,
+    ) -> Result<T, StoreError> {
+        let (index, digest) = self.shard_of(key);
+        loop {
+            let now = Instant::now();
+            {
+                let mut shard = self.shards[index].lock();
+                shard.purge(now, self);
+                if let Ok(done) = op(&mut shard, digest, now) {
+                    return Ok(done);
+                }
+            }
+            if !self.free_elsewhere(index, now) {
+                return Err(StoreError::Full(
+                    "every record held is in progress; none can be evicted",
+                ));
+            }
+        }
+    }
+}
+
+/// `op` of [`Inner::with_room`] could not charge its record to the budget.
+struct NeedRoom;
+
+impl Store for MemoryStore {
+    async fn begin(
+        &self,
+        key: &StoreKey,
+        fingerprint: &Fingerprint,
+        lease: Duration,
+    ) -> Result<Begin, StoreError> {
+        let inner = &*self.inner;
+        inner.with_room(key, |shard, digest, now| {
+            match shard.map.get(&digest) {
+                Some(Entry::Completed {
+                    fingerprint: stored,
+                    result,
+                    ..
+                }) => {
+                    return Ok(if stored == fingerprint {
+                        Begin::Completed(result.clone())
+                    } else {
+                        Begin::Mismatch
+                    });
+                }
+                Some(Entry::InProgress {
+                    fingerprint: stored,
+                    expires,
+                    ..
+                }) => {
+                    return Ok(if stored == fingerprint {
+                        Begin::InProgress {
+                            retry_after: expires.saturating_duration_since(now),
+                        }
+                    } else {
+                        Begin::Mismatch
+                    });
+                }
+                None => {}
+            }
+            if !shard.charge(inner, 1, RECORD_OVERHEAD) {
+                return Err(NeedRoom);
+            }
+            let token = LeaseToken::random();
+            let expires = now + lease;
+            shard.map.insert(
+                digest,
+                Entry::InProgress {
+                    token,
+                    fingerprint: *fingerprint,
+                    expires,
+                    waiters: None,
+                },
+            );
+            shard.leases.push(Reverse((expires, digest)));
+            Ok(Begin::Acquired(token))
+        })
+    }
+
+    async fn complete(
+        &self,
+        key: &StoreKey,
+        token: LeaseToken,
+        result: Bytes,
+        ttl: Duration,
+    ) -> Result<(), StoreError> {
+        let inner = &*self.inner;
+        inner.with_room(key, |shard, digest, now| {
+            let fingerprint = match shard.map.get(&digest) {
+                Some(Entry::InProgress {
+                    token: held,
+                    expires,
+                    fingerprint,
+                    ..
+                }) if *held == token && *expires > now => *fingerprint,
+                _ => return Ok(Err(StoreError::LeaseLost)),
+            };
+            if !shard.charge(inner, 0, result.len()) {
+                return Err(NeedRoom);
+            }
+            let expires = now + ttl;
+            let previous = shard.map.insert(
+                digest,
+                Entry::Completed {
+                    fingerprint,
+                    result: result.clone(),
+                    expires,
+                },
+            );
+            shard.completed.push(Reverse((expires, digest)));
+            if let Some(Entry::InProgress {
+                waiters: Some(waiters),
+                ..
+            }) = previous
+            {
+                waiters.notify_waiters();
+            }
+            Ok(Ok(()))
+        })?
+    }
+
+    async fn release(&self, key: &StoreKey, token: LeaseToken) -> Result<(), StoreError> {
+        let (index, digest) = self.inner.shard_of(key);
+        let now = Instant::now();
+        let mut shard = self.inner.shards[index].lock();
+        shard.purge(now, &self.inner);
+        match shard.map.get(&digest) {
+            Some(entry) if entry.live_lease(now, token) => {
+                shard.remove(&digest, &self.inner);
+                Ok(())
+            }
+            _ => Err(StoreError::LeaseLost),
+        }
+    }
+
+    async fn extend(
+        &self,
+        key: &StoreKey,
+        token: LeaseToken,
+        lease: Duration,
+    ) -> Result<(), StoreError> {
+        let (index, digest) = self.inner.shard_of(key);
+        let now = Instant::now();
+        let mut shard = self.inner.shards[index].lock();
+        shard.purge(now, &self.inner);
+        match shard.map.get_mut(&digest) {
+            Some(Entry::InProgress {
+                token: held,
+                expires,
+                ..
+            }) if *held == token && *expires > now => {
+                *expires = now + lease;
+                let expires = *expires;
+                shard.leases.push(Reverse((expires, digest)));
+                Ok(())
+            }
+            _ => Err(StoreError::LeaseLost),
+        }
+    }
+
+    async fn wait(&self, key: &StoreKey, at_most: Duration) -> Result<(), StoreError> {
+        let (index, digest) = self.inner.shard_of(key);
+        let in_progress = |shard: &mut Shard, now| match shard.map.get_mut(&digest) {
+            Some(Entry::InProgress {
+                expires, waiters, ..
+            }) => Some((
+                waiters.get_or_insert_with(Default::default).clone(),
+                expires.saturating_duration_since(now),
+            )),
+            _ => None,
+        };
+        let now = Instant::now();
+        let Some((waiters, lease_left)) = in_progress(&mut self.inner.shards[index].lock(), now)
+        else {
+            return Ok(());
+        };
+        let mut notified = pin!(waiters.notified());
+        notified.as_mut().enable();
+        // The record may have changed between the first look and `enable`: look again, now
+        // that no notification can be missed.
+        let still = in_progress(&mut self.inner.shards[index].lock(), now)
+            .is_some_and(|(current, _)| Arc::ptr_eq(&current, &waiters));
+        if still {
+            let _ = tokio::time::timeout(at_most.min(lease_left), notified).await;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,168 @@
+//! Where idempotency records live, and the contract every store keeps.
+//!
+//! A key moves through: absent → in progress (holds a lease) → completed (holds the result) →
+//! expired. Every transition is one atomic store operation:
+//!
+//! | operation | effect |
+//! | --- | --- |
+//! | [`begin`](Store::begin) | claims an absent (or lease-expired) key, or reads what is there, in one step |
+//! | [`complete`](Store::complete) | stores the result, only while the caller's lease token still matches |
+//! | [`release`](Store::release) | deletes the record, only while the caller's lease token still matches |
+//! | [`extend`](Store::extend) | pushes the lease expiry out, only while the token still matches |
+//! | [`wait`](Store::wait) | returns when an in-progress record may have changed, or after a bound |
+//!
+//! The lease token fences a holder: once its lease has expired, its `complete`, `release` and
+//! `extend` are refused with [`StoreError::LeaseLost`] and nothing is overwritten.
+//!
+//! [`MemoryStore`] is the embedded default.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+
+pub use crate::error::StoreError;
+pub use crate::key::{Fingerprint, StoreKey};
+
+mod memory;
+
+pub use memory::{MemoryStore, MemoryStoreBuilder};
+
+/// The random token that proves a caller holds a key's lease.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct LeaseToken(u128);
+
+impl LeaseToken {
+    /// A fresh token from the thread's cryptographically seeded generator.
+    pub fn random() -> Self {
+        Self(rand::random())
+    }
+
+    /// Rebuilds a token from its value, as a store read it back.
+    pub const fn from_u128(value: u128) -> Self {
+        Self(value)
+    }
+
+    /// The token's value.
+    pub const fn as_u128(self) -> u128 {
+        self.0
+    }
+}
+
+/// What [`Store::begin`] found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Begin {
+    /// The key was absent (or its lease had expired): the caller now holds the lease and runs
+    /// the operation.
+    Acquired(LeaseToken),
+    /// Another caller holds the lease; it expires in `retry_after` at the latest.
+    InProgress {
+        /// Time left on the holder's lease.
+        retry_after: Duration,
+    },
+    /// The operation completed; this is its stored result.
+    Completed(Bytes),
+    /// The key is in progress or completed with another fingerprint.
+    Mismatch,
+}
+
+/// A backend for idempotency records. See the [module docs](self) for the contract.
+///
+/// All methods take `&self`: a store is shared by every request of a process.
+pub trait Store: Send + Sync + 'static {
+    /// Claims `key` for the caller with a lease of `lease`, or reports what is there.
+    fn begin(
+        &self,
+        key: &StoreKey,
+        fingerprint: &Fingerprint,
+        lease: Duration,
+    ) -> impl Future<Output = Result<Begin, StoreError>> + Send;
+
+    /// Replaces the caller's in-progress record with `result`, kept for `ttl`.
+    fn complete(
+        &self,
+        key: &StoreKey,
+        token: LeaseToken,
+        result: Bytes,
+        ttl: Duration,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Deletes the caller's in-progress record, so that a retry runs the operation again.
+    fn release(
+        &self,
+        key: &StoreKey,
+        token: LeaseToken,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Extends the caller's lease to `lease` from now.
+    fn extend(
+        &self,
+        key: &StoreKey,
+        token: LeaseToken,
+        lease: Duration,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Waits, at most `at_most`, for an in-progress `key` to change; the caller then calls
+    /// [`begin`](Store::begin) again.
+    ///
+    /// The default polls: it sleeps a short interval, at most `at_most`. Stores that can be
+    /// told of changes return as soon as the record completes or is released.
+    fn wait(
+        &self,
+        key: &StoreKey,
+        at_most: Duration,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send {
+        let _ = key;
+        async move {
+            tokio::time::sleep(at_most.min(Duration::from_millis(25))).await;
+            Ok(())
+        }
+    }
+}
+
+impl<S: Store> Store for Arc<S> {
+    fn begin(
+        &self,
+        key: &StoreKey,
+        fingerprint: &Fingerprint,
+        lease: Duration,
+    ) -> impl Future<Output = Result<Begin, StoreError>> + Send {
+        S::begin(self, key, fingerprint, lease)
+    }
+
+    fn complete(
+        &self,
+        key: &StoreKey,
+        token: LeaseToken,
+        result: Bytes,
+        ttl: Duration,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send {
+        S::complete(self, key, token, result, ttl)
+    }
+
+    fn release(
+        &self,
+        key: &StoreKey,
+        token: LeaseToken,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send {
+        S::release(self, key, token)
+    }
+
+    fn extend(
+        &self,
+        key: &StoreKey,
+        token: LeaseToken,
+        lease: Duration,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send {
+        S::extend(self, key, token, lease)
+    }
+
+    fn wait(
+        &self,
+        key: &StoreKey,
+        at_most: Duration,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send {
+        S::wait(self, key, at_most)
+    }
+}
