@@ -437,6 +437,84 @@ pub async fn works_as_route_layer_and_in_service_builder<St: Store>(store: St) {
     assert_eq!(counters.runs(), 1);
 }
 
+/// Over real HTTP: a client that disconnects mid-handler does not cancel it. The server drops
+/// the request, the layer detaches the handler, which finishes and stores its response; the
+/// retry on a new connection replays it.
+pub async fn a_disconnected_client_does_not_cancel_the_handler<St: Store>(store: St) {
+    use tokio::io::AsyncWriteExt;
+
+    let layer = IdempotencyLayer::new(store);
+    let detached = layer.detached();
+    let (app, counters) = app(layer);
+    let server = crate::net::Server::start(app).await;
+    let key = unique("disconnect");
+    let mut stream = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    let head = format!(
+        "POST /gated HTTP/1.1\r\nhost: test\r\nidempotency-key: {key}\r\n\
+         content-type: application/json\r\ncontent-length: 2\r\n\r\n{{}}"
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    counters.until_entered(1).await;
+    drop(stream);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while detached.is_empty() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the server never dropped the request"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert_eq!(counters.runs(), 0);
+    counters.open(1);
+    tokio::time::timeout(Duration::from_secs(10), detached.drain())
+        .await
+        .expect("detached work drains");
+    assert_eq!(counters.runs(), 1);
+    let retry = crate::net::post(server.addr, "/gated", &key, "{}").await;
+    assert!(retry.replayed());
+    assert_eq!(retry.status, StatusCode::CREATED);
+    assert_eq!(retry.json()["run"], 1);
+    server.shutdown().await;
+}
+
+/// Over real HTTP: 50 simultaneous requests with one key against a slow handler. It runs
+/// exactly once; every other answer is 409 or the replay of that one run.
+pub async fn fifty_concurrent_requests_run_the_handler_once<St: Store>(store: St) {
+    let (app, counters) = app(IdempotencyLayer::new(store));
+    let server = crate::net::Server::start(app).await;
+    let key = unique("fifty");
+    let requests: Vec<_> = (0..50)
+        .map(|_| {
+            let key = key.clone();
+            let addr = server.addr;
+            tokio::spawn(async move { crate::net::post(addr, "/sleep/300", &key, "{}").await })
+        })
+        .collect();
+    let mut replies = Vec::new();
+    for request in requests {
+        replies.push(request.await.unwrap());
+    }
+    assert_eq!(counters.runs(), 1);
+    let executed: Vec<_> = replies
+        .iter()
+        .filter(|r| r.status == StatusCode::CREATED && !r.replayed())
+        .collect();
+    assert_eq!(executed.len(), 1, "exactly one request ran the handler");
+    for reply in &replies {
+        match reply.status {
+            StatusCode::CONFLICT => {
+                reply.assert_problem(409, "in-progress");
+            }
+            StatusCode::CREATED => assert_eq!(reply.body, executed[0].body),
+            other => panic!("unexpected {other}: {:?}", reply.body),
+        }
+    }
+    let retry = crate::net::post(server.addr, "/sleep/300", &key, "{}").await;
+    assert!(retry.replayed());
+    assert_eq!(retry.body, executed[0].body);
+    server.shutdown().await;
+}
+
 /// Generates one `#[tokio::test]` per HTTP-contract case for the store made by `$make`, an
 /// `async fn() -> impl Store`.
 #[macro_export]
@@ -464,6 +542,8 @@ macro_rules! http_contract_suite {
             a_dropped_request_still_completes,
             detached_work_is_bounded,
             works_as_route_layer_and_in_service_builder,
+            a_disconnected_client_does_not_cancel_the_handler,
+            fifty_concurrent_requests_run_the_handler_once,
         );
     };
     (@cases $make:path; $($case:ident),* $(,)?) => {

@@ -6,5 +6,7 @@
 //! `async fn() -> impl Store`.
 
 pub mod app;
+pub mod faults;
 pub mod http_contract;
+pub mod net;
 pub mod store_contract;

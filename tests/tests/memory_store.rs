@@ -8,3 +8,110 @@ async fn memory_store() -> MemoryStore {
 
 tests::store_contract_suite!(memory_store);
 tests::http_contract_suite!(memory_store);
+
+mod bounds {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use bytes::Bytes;
+    use idempotency_layer::MemoryStore;
+    use idempotency_layer::key::{Fingerprint, Scope, StoreKey};
+    use idempotency_layer::store::{Begin, Store, StoreError};
+
+    const HOUR: Duration = Duration::from_secs(3600);
+
+    fn key(n: usize) -> StoreKey {
+        StoreKey::derive(
+            Arc::from("m:"),
+            "bounds",
+            &Scope::global(),
+            n.to_string().as_bytes(),
+        )
+    }
+
+    async fn complete(store: &MemoryStore, n: usize, result: &[u8], ttl: Duration) {
+        let Begin::Acquired(token) = store
+            .begin(&key(n), &Fingerprint::of(""), HOUR)
+            .await
+            .unwrap()
+        else {
+            panic!("key {n} not acquired");
+        };
+        store
+            .complete(&key(n), token, Bytes::copy_from_slice(result), ttl)
+            .await
+            .unwrap();
+    }
+
+    #[tokio::test]
+    async fn completed_records_are_evicted_soonest_expiring_first() {
+        let store = MemoryStore::builder().max_entries(4).shards(1).build();
+        for n in 0..4 {
+            complete(&store, n, b"r", HOUR + Duration::from_secs(n as u64)).await;
+        }
+        complete(&store, 4, b"r", HOUR * 2).await;
+        assert_eq!(store.len(), 4);
+        let fp = Fingerprint::of("");
+        assert!(matches!(
+            store.begin(&key(1), &fp, HOUR).await.unwrap(),
+            Begin::Completed(_)
+        ));
+        assert!(matches!(
+            store.begin(&key(4), &fp, HOUR).await.unwrap(),
+            Begin::Completed(_)
+        ));
+        // Key 0 expired soonest, so it went: it is claimed afresh (and that evicts key 1).
+        assert!(matches!(
+            store.begin(&key(0), &fp, HOUR).await.unwrap(),
+            Begin::Acquired(_)
+        ));
+        assert_eq!(store.len(), 4);
+    }
+
+    #[tokio::test]
+    async fn the_byte_bound_holds_across_shards() {
+        let store = MemoryStore::builder()
+            .max_bytes(64 * 1024)
+            .shards(16)
+            .build();
+        for n in 0..200 {
+            complete(&store, n, &[7; 4096], HOUR).await;
+            assert!(store.bytes() <= 64 * 1024, "{} bytes", store.bytes());
+        }
+        assert!(store.len() >= 10, "only {} records kept", store.len());
+    }
+
+    #[tokio::test]
+    async fn records_in_progress_are_never_evicted() {
+        let store = MemoryStore::builder().max_entries(3).shards(4).build();
+        let fp = Fingerprint::of("");
+        for n in 0..3 {
+            assert!(matches!(
+                store.begin(&key(n), &fp, HOUR).await.unwrap(),
+                Begin::Acquired(_)
+            ));
+        }
+        assert!(matches!(
+            store.begin(&key(3), &fp, HOUR).await,
+            Err(StoreError::Full(_))
+        ));
+        for n in 0..3 {
+            assert!(matches!(
+                store.begin(&key(n), &fp, HOUR).await.unwrap(),
+                Begin::InProgress { .. }
+            ));
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn expired_records_are_dropped_without_a_thread_per_key() {
+        let store = MemoryStore::builder().shards(1).build();
+        for n in 0..1000 {
+            complete(&store, n, b"result", Duration::from_secs(60)).await;
+        }
+        assert_eq!(store.len(), 1000);
+        tokio::time::advance(Duration::from_secs(61)).await;
+        complete(&store, 5000, b"result", Duration::from_secs(60)).await;
+        assert_eq!(store.len(), 1);
+    }
+}

@@ -23,9 +23,10 @@ use super::{Begin, Fingerprint, LeaseToken, Store, StoreError, StoreKey};
 ///   operation takes a global lock.
 /// - **Bounded**: at most [`max_entries`](MemoryStoreBuilder::max_entries) records and
 ///   [`max_bytes`](MemoryStoreBuilder::max_bytes) of stored results (plus a fixed per-record
-///   overhead). When full, completed records are evicted, soonest-expiring first; only when
-///   nothing completed is left is a new claim refused with [`StoreError::Full`]. Records in
-///   progress are never evicted: that would let an operation run twice.
+///   overhead). When full, completed records are evicted: the soonest-expiring one of the
+///   shard that needs room, else one from another shard. Only when nothing completed is left
+///   anywhere is a new claim refused with [`StoreError::Full`]. Records in progress are never
+///   evicted: that would let an operation run twice.
 /// - **Expiring**: each shard keeps its records in expiry order and drops the expired ones on
 ///   its next operation; no timer or thread per key.
 ///

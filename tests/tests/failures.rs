@@ -1,0 +1,113 @@
+//! The layer when things go wrong: the store down or full, a corrupt record, a failing handler.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use axum::http::{Request, Response, StatusCode, header};
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use idempotency_layer::{IdempotencyLayer, MemoryStore, RequestBody};
+use tests::app::{post_with, routes, send};
+use tests::faults::{Corrupting, Switchable};
+use tower::{Layer, ServiceExt, service_fn};
+
+#[tokio::test]
+async fn a_store_outage_is_503_with_retry_after_and_the_handler_does_not_run() {
+    let store = Switchable::new(MemoryStore::new());
+    let switch = store.switch();
+    let (router, counters) = routes();
+    let app = router.layer(IdempotencyLayer::new(store));
+    switch.store(true, Ordering::SeqCst);
+    let reply = send(&app, post_with("/payments", "k1", "{}")).await;
+    reply.assert_problem(503, "store-unavailable");
+    assert_eq!(reply.headers[header::RETRY_AFTER], "1");
+    assert_eq!(counters.runs(), 0);
+    switch.store(false, Ordering::SeqCst);
+    let reply = send(&app, post_with("/payments", "k1", "{}")).await;
+    assert_eq!(reply.status, StatusCode::CREATED);
+    assert_eq!(counters.runs(), 1);
+}
+
+#[tokio::test]
+async fn fail_open_runs_the_handler_unprotected_during_an_outage() {
+    let store = Switchable::new(MemoryStore::new());
+    store.switch().store(true, Ordering::SeqCst);
+    let (router, counters) = routes();
+    let app = router.layer(IdempotencyLayer::new(store).fail_open(true));
+    for _ in 0..2 {
+        let reply = send(&app, post_with("/payments", "k1", "{}")).await;
+        assert_eq!(reply.status, StatusCode::CREATED);
+        assert!(!reply.replayed());
+    }
+    assert_eq!(counters.runs(), 2);
+}
+
+#[tokio::test]
+async fn a_corrupt_record_is_503_not_a_crash_and_never_a_rerun() {
+    let store = Corrupting::new(MemoryStore::new(), b"\x07not a record");
+    let (router, counters) = routes();
+    let app = router.layer(IdempotencyLayer::new(store));
+    let first = send(&app, post_with("/payments", "k1", "{}")).await;
+    assert_eq!(first.status, StatusCode::CREATED);
+    for _ in 0..2 {
+        send(&app, post_with("/payments", "k1", "{}"))
+            .await
+            .assert_problem(503, "store-unavailable");
+    }
+    assert_eq!(counters.runs(), 1);
+}
+
+#[tokio::test]
+async fn a_full_memory_store_of_requests_in_flight_is_503() {
+    let store = MemoryStore::builder().max_entries(1).build();
+    let (router, counters) = routes();
+    let app = router.layer(IdempotencyLayer::new(store));
+    let first = tokio::spawn({
+        let app = app.clone();
+        async move { send(&app, post_with("/gated", "held", "{}")).await }
+    });
+    counters.until_entered(1).await;
+    send(&app, post_with("/payments", "another", "{}"))
+        .await
+        .assert_problem(503, "store-unavailable");
+    counters.open(1);
+    assert_eq!(first.await.unwrap().status, StatusCode::CREATED);
+    // Completed records make room: the next key evicts the completed one.
+    let reply = send(&app, post_with("/payments", "another", "{}")).await;
+    assert_eq!(reply.status, StatusCode::CREATED);
+}
+
+#[tokio::test]
+async fn a_service_error_releases_the_key_and_reaches_the_caller() {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let service = service_fn({
+        let calls = calls.clone();
+        move |request: Request<RequestBody<Full<Bytes>>>| {
+            let call = calls.fetch_add(1, Ordering::SeqCst);
+            async move {
+                let body = request.into_body().collect().await?.to_bytes();
+                if call == 0 {
+                    return Err("the first call fails".into());
+                }
+                Ok::<_, Box<dyn std::error::Error + Send + Sync>>(Response::new(Full::new(body)))
+            }
+        }
+    });
+    let service = IdempotencyLayer::new(MemoryStore::new()).layer(service);
+    let request = || {
+        Request::post("/")
+            .header("idempotency-key", "k")
+            .body(Full::new(Bytes::from_static(b"payload")))
+            .unwrap()
+    };
+    let error = service.clone().oneshot(request()).await.unwrap_err();
+    assert_eq!(error.to_string(), "the first call fails");
+    let response = service.clone().oneshot(request()).await.unwrap();
+    assert_eq!(
+        response.into_body().collect().await.unwrap().to_bytes(),
+        "payload"
+    );
+    let replay = service.oneshot(request()).await.unwrap();
+    assert_eq!(replay.headers()["idempotent-replayed"], "true");
+    assert_eq!(calls.load(Ordering::SeqCst), 2);
+}
