@@ -66,7 +66,7 @@ pub(crate) fn encode(head: &response::Parts, body: &[u8], body_omitted: bool) ->
     let has_connection = head.headers.contains_key(header::CONNECTION);
     let kept = || {
         head.headers.iter().filter(|(name, _)| {
-            !is_hop_by_hop(name) && !(has_connection && named_by_connection(&head.headers, name))
+            !(is_hop_by_hop(name) || (has_connection && named_by_connection(&head.headers, name)))
         })
     };
     let size: usize = kept().map(|(n, v)| 6 + n.as_str().len() + v.len()).sum();

@@ -29,6 +29,9 @@ const HTTP_NAMESPACE: &str = "http";
 /// `Retry-After` of a 503 for a failed store or too much detached work.
 const RETRY_UNAVAILABLE: Duration = Duration::from_secs(1);
 
+/// The longest `Retry-After` of a 409 for a key in flight.
+const RETRY_IN_FLIGHT: Duration = Duration::from_secs(1);
+
 /// The header that marks a replayed response.
 pub const IDEMPOTENT_REPLAYED: &str = "idempotent-replayed";
 
@@ -252,6 +255,10 @@ where
     }
 }
 
+#[expect(
+    clippy::large_enum_variant,
+    reason = "lives for one step on the stack; boxing would cost every replay an allocation"
+)]
 enum Claim<B> {
     Acquired(LeaseToken),
     Answer(Response<ResponseBody<B>>),
@@ -285,7 +292,10 @@ async fn claim<St: Store, Sc, Fp, B>(
                 .saturating_duration_since(Instant::now()),
         };
         if left.is_zero() {
-            tracing::debug!(key = %key.short(), "idempotency: conflict, key in flight");
+            tracing::debug!(key = %key.short(), ?retry_after, "idempotency: conflict, key in flight");
+            // The holder's lease bounds how long it may still run, but most handlers finish
+            // far sooner: ask for a retry soon rather than after the whole lease.
+            let retry_after = retry_after.min(RETRY_IN_FLIGHT);
             return Claim::Answer(Problem::InProgress { retry_after }.into_response());
         }
         if let Err(error) = shared.store.wait(key, left).await {
@@ -391,12 +401,10 @@ async fn heartbeat<St: Store, F: Future>(
             () = &mut tick => {}
         }
         let mut extend = pin!(store.extend(key, token, lease));
-        let extended = loop {
-            tokio::select! {
-                biased;
-                output = &mut work => return output,
-                extended = &mut extend => break extended,
-            }
+        let extended = tokio::select! {
+            biased;
+            output = &mut work => return output,
+            extended = &mut extend => extended,
         };
         if let Err(error) = extended {
             tracing::warn!(key = %key.short(), %error, "idempotency: lease not extended");

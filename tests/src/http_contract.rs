@@ -181,12 +181,7 @@ pub async fn a_request_in_flight_is_409<St: Store>(store: St) {
     counters.until_entered(1).await;
     let reply = send(&app, post_with("/gated", &key, "{}")).await;
     reply.assert_problem(409, "in-progress");
-    let retry_after: u64 = reply.headers[header::RETRY_AFTER]
-        .to_str()
-        .unwrap()
-        .parse()
-        .unwrap();
-    assert!((1..=10).contains(&retry_after), "Retry-After {retry_after}");
+    assert_eq!(reply.headers[header::RETRY_AFTER], "1");
     counters.open(1);
     let first = first.await.unwrap();
     assert_eq!(first.status, StatusCode::CREATED);
