@@ -9,7 +9,10 @@
 //! - `GET /payments` lists every payment actually executed.
 //!
 //! Environment: `PORT` (default 3000), `PAYMENTS_DELAY_MS` (default 0), the latency of the
-//! simulated payment provider; `RUST_LOG` for the log filter.
+//! simulated payment provider; `RUST_LOG` for the log filter. The idempotency store is in
+//! memory unless `REDIS_URL` (`redis://127.0.0.1:6379`) or `REDIS_CLUSTER_NODES`
+//! (comma-separated `redis://` URLs) is set: then several quickstart processes on one Redis
+//! behave as one service.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,7 +21,8 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::post;
 use axum::{Json, Router};
-use idempotency_layer::{IdempotencyLayer, MemoryStore};
+use idempotency_layer::store::RedisStore;
+use idempotency_layer::{DetachedWork, IdempotencyLayer, MemoryStore, Store};
 use serde::{Deserialize, Serialize};
 use tokio::sync::Mutex;
 
@@ -86,14 +90,17 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         provider_delay: Duration::from_millis(env_or("PAYMENTS_DELAY_MS", 0)?),
     };
 
-    tracing::info!("idempotency store: in-memory (this process only)");
-    let idempotency = IdempotencyLayer::new(MemoryStore::new()).require_key(true);
-    let detached = idempotency.detached();
-
-    let app = Router::new()
-        .route("/payments", post(create).get(list))
-        .layer(idempotency)
-        .with_state(payments);
+    let (app, detached) = if let Ok(nodes) = std::env::var("REDIS_CLUSTER_NODES") {
+        let nodes: Vec<&str> = nodes.split(',').map(str::trim).collect();
+        tracing::info!(?nodes, "idempotency store: Redis Cluster");
+        app(RedisStore::open_cluster(nodes).await?, payments)
+    } else if let Ok(url) = std::env::var("REDIS_URL") {
+        tracing::info!(%url, "idempotency store: Redis");
+        app(RedisStore::open(&url).await?, payments)
+    } else {
+        tracing::info!("idempotency store: in-memory (this process only)");
+        app(MemoryStore::new(), payments)
+    };
 
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await?;
     tracing::info!("listening on http://{}", listener.local_addr()?);
@@ -107,6 +114,17 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     detached.drain().await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// The API, its `POST /payments` protected by the layer on `store`.
+fn app<St: Store>(store: St, payments: Payments) -> (Router, DetachedWork) {
+    let idempotency = IdempotencyLayer::new(store).require_key(true);
+    let detached = idempotency.detached();
+    let router = Router::new()
+        .route("/payments", post(create).get(list))
+        .layer(idempotency)
+        .with_state(payments);
+    (router, detached)
 }
 
 async fn shutdown_signal() {

@@ -23,6 +23,15 @@ pub enum StoreError {
     /// A stored record could not be decoded: corrupt bytes or an unknown encoding version.
     #[error("a stored idempotency record is corrupt: {0}")]
     Corrupt(String),
+    /// The record was stored on the primary, but fewer replicas than required acknowledged it
+    /// in time (see `RedisStoreBuilder::wait_for_replicas`).
+    #[error("the record was acknowledged by {acknowledged} of {required} replicas in time")]
+    NotReplicated {
+        /// Replicas that acknowledged the record.
+        acknowledged: u32,
+        /// Replicas required.
+        required: u32,
+    },
     /// The backend could not be reached or did not answer in time.
     #[error("the idempotency store is unavailable")]
     Unavailable(#[source] BoxError),

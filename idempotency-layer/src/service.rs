@@ -29,6 +29,11 @@ const HTTP_NAMESPACE: &str = "http";
 /// `Retry-After` of a 503 for a failed store or too much detached work.
 const RETRY_UNAVAILABLE: Duration = Duration::from_secs(1);
 
+/// The first and the longest wait between two looks at a key in flight, for the wait policy;
+/// stores that notify end the wait as soon as the key changes.
+const FIRST_POLL: Duration = Duration::from_millis(10);
+const LAST_POLL: Duration = Duration::from_millis(250);
+
 /// The longest `Retry-After` of a 409 for a key in flight.
 const RETRY_IN_FLIGHT: Duration = Duration::from_secs(1);
 
@@ -273,6 +278,7 @@ async fn claim<St: Store, Sc, Fp, B>(
 ) -> Claim<B> {
     let settings = &shared.settings;
     let mut wait_until = None;
+    let mut backoff = FIRST_POLL;
     loop {
         let begun = shared.store.begin(key, fingerprint, settings.lease).await;
         let retry_after = match begun {
@@ -298,9 +304,10 @@ async fn claim<St: Store, Sc, Fp, B>(
             let retry_after = retry_after.min(RETRY_IN_FLIGHT);
             return Claim::Answer(Problem::InProgress { retry_after }.into_response());
         }
-        if let Err(error) = shared.store.wait(key, left).await {
+        if let Err(error) = shared.store.wait(key, left.min(backoff)).await {
             return store_failed(&error, key, settings.fail_open);
         }
+        backoff = (backoff * 2).min(LAST_POLL);
     }
 }
 

@@ -511,7 +511,7 @@ pub async fn fifty_concurrent_requests_run_the_handler_once<St: Store>(store: St
 }
 
 /// Generates one `#[tokio::test]` per HTTP-contract case for the store made by `$make`, an
-/// `async fn() -> impl Store`.
+/// `async fn() -> (impl Store, Guard)`; the guard lives as long as the test.
 #[macro_export]
 macro_rules! http_contract_suite {
     ($make:path) => {
@@ -548,7 +548,9 @@ macro_rules! http_contract_suite {
             $(
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn $case() {
-                    $crate::http_contract::$case($make().await).await;
+                    // The guard keeps what the store needs (a Redis server) alive for the test.
+                    let (store, _guard) = $make().await;
+                    $crate::http_contract::$case(store).await;
                 }
             )*
         }

@@ -3,10 +3,13 @@
 //!
 //! A suite is a set of `pub async fn case(store)` functions plus a macro that turns each into a
 //! `#[tokio::test]` for one store: `http_contract_suite!(make_store)` where `make_store` is an
-//! `async fn() -> impl Store`.
+//! `async fn() -> (impl Store, Guard)`, the guard keeping alive whatever the store needs (a
+//! Redis server) until the test ends.
 
 pub mod app;
 pub mod faults;
 pub mod http_contract;
 pub mod net;
+pub mod processes;
+pub mod redis_server;
 pub mod store_contract;

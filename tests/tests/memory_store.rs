@@ -2,8 +2,8 @@
 
 use idempotency_layer::MemoryStore;
 
-async fn memory_store() -> MemoryStore {
-    MemoryStore::new()
+async fn memory_store() -> (MemoryStore, ()) {
+    (MemoryStore::new(), ())
 }
 
 tests::store_contract_suite!(memory_store);
@@ -114,4 +114,44 @@ mod bounds {
         complete(&store, 5000, b"result", Duration::from_secs(60)).await;
         assert_eq!(store.len(), 1);
     }
+}
+
+/// The memory store wakes a waiter the moment the record completes, long before its bound.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn waiters_are_woken_by_the_completion() {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use bytes::Bytes;
+    use idempotency_layer::key::{Fingerprint, Scope, StoreKey};
+    use idempotency_layer::store::{Begin, Store};
+
+    let store = MemoryStore::new();
+    let key = StoreKey::derive(Arc::from("w:"), "wait", &Scope::global(), b"k");
+    let lease = Duration::from_secs(60);
+    let Begin::Acquired(token) = store
+        .begin(&key, &Fingerprint::of(""), lease)
+        .await
+        .unwrap()
+    else {
+        panic!("not acquired");
+    };
+    let waiter = tokio::spawn({
+        let (store, key) = (store.clone(), key.clone());
+        async move {
+            let started = tokio::time::Instant::now();
+            store.wait(&key, Duration::from_secs(30)).await.unwrap();
+            started.elapsed()
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    store
+        .complete(&key, token, Bytes::from_static(b"done"), lease)
+        .await
+        .unwrap();
+    let waited = waiter.await.unwrap();
+    assert!(
+        waited < Duration::from_secs(10),
+        "waited {waited:?} of a 30 s bound"
+    );
 }

@@ -14,7 +14,9 @@
 //! The lease token fences a holder: once its lease has expired, its `complete`, `release` and
 //! `extend` are refused with [`StoreError::LeaseLost`] and nothing is overwritten.
 //!
-//! [`MemoryStore`] is the embedded default.
+//! [`MemoryStore`] is the embedded default; `RedisStore` (feature `redis`, on by default) shares
+//! records between processes and machines, on Redis 6.2 or later, standalone or Redis Cluster
+//! (feature `cluster`).
 
 use std::future::Future;
 use std::sync::Arc;
@@ -26,8 +28,12 @@ pub use crate::error::StoreError;
 pub use crate::key::{Fingerprint, StoreKey};
 
 mod memory;
+#[cfg(feature = "redis")]
+mod redis;
 
 pub use memory::{MemoryStore, MemoryStoreBuilder};
+#[cfg(feature = "redis")]
+pub use redis::{RedisStore, RedisStoreBuilder};
 
 /// The random token that proves a caller holds a key's lease.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -104,10 +110,11 @@ pub trait Store: Send + Sync + 'static {
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
 
     /// Waits, at most `at_most`, for an in-progress `key` to change; the caller then calls
-    /// [`begin`](Store::begin) again.
+    /// [`begin`](Store::begin) again, and waits again with a longer `at_most` (a backoff) while
+    /// the key is still in progress.
     ///
-    /// The default polls: it sleeps a short interval, at most `at_most`. Stores that can be
-    /// told of changes return as soon as the record completes or is released.
+    /// The default sleeps `at_most`: the caller polls. Stores that can be told of changes
+    /// return as soon as the record completes or is released.
     fn wait(
         &self,
         key: &StoreKey,
@@ -115,7 +122,7 @@ pub trait Store: Send + Sync + 'static {
     ) -> impl Future<Output = Result<(), StoreError>> + Send {
         let _ = key;
         async move {
-            tokio::time::sleep(at_most.min(Duration::from_millis(25))).await;
+            tokio::time::sleep(at_most).await;
             Ok(())
         }
     }
