@@ -116,3 +116,8 @@ pub use future::ResponseFuture;
 pub use layer::{DetachedWork, IdempotencyLayer, InFlight};
 pub use service::{IDEMPOTENT_REPLAYED, Idempotency};
 pub use store::{MemoryStore, Store};
+
+/// The README's examples, compiled and run as doctests.
+#[cfg(all(doctest, feature = "redis"))]
+#[doc = include_str!("../../README.md")]
+pub struct ReadmeDoctests;
