@@ -27,8 +27,9 @@ use super::{Begin, Fingerprint, LeaseToken, Store, StoreError, StoreKey};
 ///   shard that needs room, else one from another shard. Only when nothing completed is left
 ///   anywhere is a new claim refused with [`StoreError::Full`]. Records in progress are never
 ///   evicted: that would let an operation run twice.
-/// - **Expiring**: each shard keeps its records in expiry order and drops the expired ones on
-///   its next operation; no timer or thread per key.
+/// - **Expiring**: each shard keeps its records in expiry order, and each operation on a
+///   shard drops a few of its expired records (at most 16 per heap), so a backlog is worked
+///   off without stalling any one request; no timer or thread per key.
 ///
 /// Waiters ([`Store::wait`]) are woken the moment a record completes or is released.
 ///
@@ -62,7 +63,7 @@ impl Default for MemoryStoreBuilder {
         Self {
             max_entries: 100_000,
             max_bytes: 64 * 1024 * 1024,
-            shards: (parallelism * 4).next_power_of_two().clamp(4, 256),
+            shards: (parallelism * 16).next_power_of_two().clamp(64, 1024),
         }
     }
 }
@@ -81,8 +82,9 @@ impl MemoryStoreBuilder {
         self
     }
 
-    /// The number of independently locked shards, rounded up to a power of two. Default: four
-    /// per CPU.
+    /// The number of independently locked shards, rounded up to a power of two. Default: 16
+    /// per CPU, at least 64, so that no shard's table grows large enough for its resizing to
+    /// stall the requests that wait on it.
     pub fn shards(mut self, shards: usize) -> Self {
         self.shards = shards.max(1).next_power_of_two();
         self
@@ -228,7 +230,7 @@ type ExpiryHeap = BinaryHeap<Reverse<(Instant, Digest)>>;
 
 #[derive(Default)]
 struct Shard {
-    map: HashMap<Digest, Entry, DigestHasher>,
+    map: Records,
     /// Lease expiries of records in progress; stale slots are skipped when popped.
     leases: ExpiryHeap,
     /// Expiries of completed records, also the eviction order.
@@ -237,45 +239,28 @@ struct Shard {
 
 impl Shard {
     fn remove(&mut self, digest: &Digest, inner: &Inner) -> Option<Entry> {
-        let entry = self.map.remove(digest)?;
-        inner.entries.fetch_sub(1, Relaxed);
-        inner.bytes.fetch_sub(entry.size(), Relaxed);
-        if let Entry::InProgress {
-            waiters: Some(waiters),
-            ..
-        } = &entry
-        {
-            waiters.notify_waiters();
-        }
-        Some(entry)
+        take(&mut self.map, digest, inner)
     }
 
-    /// Drops every record whose lease or TTL has run out; returns how many.
+    /// Drops records whose lease or TTL has run out, looking at no more than [`PURGE_STEP`]
+    /// due slots of each expiry heap, so that no operation pays for a backlog at once; returns
+    /// how many records it dropped.
     fn purge(&mut self, now: Instant, inner: &Inner) -> usize {
-        let mut purged = 0;
-        while let Some(&Reverse((at, digest))) = self.leases.peek() {
-            if at > now {
-                break;
-            }
-            self.leases.pop();
-            if matches!(self.map.get(&digest), Some(Entry::InProgress { expires, .. }) if *expires <= now)
-            {
-                self.remove(&digest, inner);
-                purged += 1;
-            }
-        }
-        while let Some(&Reverse((at, digest))) = self.completed.peek() {
-            if at > now {
-                break;
-            }
-            self.completed.pop();
-            if matches!(self.map.get(&digest), Some(Entry::Completed { expires, .. }) if *expires <= now)
-            {
-                self.remove(&digest, inner);
-                purged += 1;
-            }
-        }
-        purged
+        let leases = purge_due(
+            &mut self.leases,
+            &mut self.map,
+            now,
+            inner,
+            |entry| matches!(entry, Entry::InProgress { expires, .. } if *expires <= now),
+        );
+        let completed = purge_due(
+            &mut self.completed,
+            &mut self.map,
+            now,
+            inner,
+            |entry| matches!(entry, Entry::Completed { expires, .. } if *expires <= now),
+        );
+        leases + completed
     }
 
     /// Evicts the completed record that expires soonest; false when there is none.
@@ -302,6 +287,52 @@ impl Shard {
             }
         }
     }
+}
+
+type Records = HashMap<Digest, Entry, DigestHasher>;
+
+/// Removes a record, returns its budget and wakes its waiters.
+fn take(map: &mut Records, digest: &Digest, inner: &Inner) -> Option<Entry> {
+    let entry = map.remove(digest)?;
+    inner.entries.fetch_sub(1, Relaxed);
+    inner.bytes.fetch_sub(entry.size(), Relaxed);
+    if let Entry::InProgress {
+        waiters: Some(waiters),
+        ..
+    } = &entry
+    {
+        waiters.notify_waiters();
+    }
+    Some(entry)
+}
+
+/// How many due slots of one expiry heap an operation looks at, at most. Every operation adds
+/// at most one slot to each heap, so the heaps drain many times faster than they fill.
+const PURGE_STEP: usize = 16;
+
+/// Pops up to [`PURGE_STEP`] slots that are due; removes each record that `due` still holds
+/// expired (a slot is stale when its record completed, was extended or is gone).
+fn purge_due(
+    heap: &mut ExpiryHeap,
+    map: &mut Records,
+    now: Instant,
+    inner: &Inner,
+    due: impl Fn(&Entry) -> bool,
+) -> usize {
+    let mut purged = 0;
+    for _ in 0..PURGE_STEP {
+        match heap.peek() {
+            Some(&Reverse((at, digest))) if at <= now => {
+                heap.pop();
+                if map.get(&digest).is_some_and(&due) {
+                    take(map, &digest, inner);
+                    purged += 1;
+                }
+            }
+            _ => break,
+        }
+    }
+    purged
 }
 
 impl Inner {

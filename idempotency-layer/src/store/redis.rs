@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
-use redis::{Cmd, Pipeline, RedisError, RedisFuture, Script, Value};
+use redis::{Cmd, Pipeline, RedisFuture, Script, Value};
 
 use super::{Begin, Fingerprint, LeaseToken, Store, StoreError, StoreKey};
 
@@ -257,7 +257,9 @@ impl RedisStore {
                         RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(route)),
                     )
                     .await
-                    .and_then(|value| redis::from_redis_value(value).map_err(RedisError::from))
+                    .and_then(|value| {
+                        redis::from_redis_value(value).map_err(redis::RedisError::from)
+                    })
             }
         }
         .map_err(StoreError::unavailable)?;
