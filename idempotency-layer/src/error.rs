@@ -1,6 +1,7 @@
-//! Errors of the stores.
+//! Errors: of the stores, and of run-once actions.
 
 use std::error::Error as StdError;
+use std::time::Duration;
 
 /// A boxed error from a store's backend (a connection, a timeout, a server reply).
 pub type BoxError = Box<dyn StdError + Send + Sync + 'static>;
@@ -42,4 +43,27 @@ impl StoreError {
     pub fn unavailable(error: impl Into<BoxError>) -> Self {
         Self::Unavailable(error.into())
     }
+}
+
+/// Why a run-once [`Action`](crate::action::Action) (or an `#[idempotent]` function) did not
+/// run its body. An `#[idempotent]` function's error type implements `From<Error>`.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// Another call with this key is still running (and the policy is not to wait, or the wait
+    /// ran out).
+    #[error("another call with this idempotency key is still running; retry after {retry_after:?}")]
+    InProgress {
+        /// Time left on the running call's lease.
+        retry_after: Duration,
+    },
+    /// The key was already used with other arguments (the ones named as `fingerprint`).
+    #[error("this idempotency key was already used with different arguments")]
+    KeyReused,
+    /// An argument or result could not be serialized.
+    #[error("could not serialize for the idempotency store: {0}")]
+    Encode(#[source] serde_json::Error),
+    /// The store failed, or holds a record that cannot be read.
+    #[error(transparent)]
+    Store(#[from] StoreError),
 }

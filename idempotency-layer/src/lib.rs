@@ -100,19 +100,23 @@
 
 #![forbid(unsafe_code)]
 
+pub mod action;
 pub mod body;
 pub mod error;
 mod future;
 pub mod key;
 mod layer;
+mod lease;
 pub mod problem;
 mod record;
 mod service;
 pub mod store;
 
 pub use body::{RequestBody, ResponseBody};
-pub use error::StoreError;
+pub use error::{Error, StoreError};
 pub use future::ResponseFuture;
+#[cfg(feature = "macros")]
+pub use idempotency_macros::idempotent;
 pub use layer::{DetachedWork, IdempotencyLayer, InFlight};
 pub use service::{IDEMPOTENT_REPLAYED, Idempotency};
 pub use store::{MemoryStore, Store};

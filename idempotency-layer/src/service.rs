@@ -1,7 +1,7 @@
 //! The service: what the layer does with each request.
 
 use std::fmt;
-use std::future::{Future, poll_fn};
+use std::future::poll_fn;
 use std::pin::{Pin, pin};
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -11,7 +11,6 @@ use bytes::{Bytes, BytesMut};
 use http::request::Parts;
 use http::{HeaderMap, HeaderValue, Request, Response, response};
 use http_body::Body;
-use tokio::time::Instant;
 use tower_service::Service;
 
 use crate::body::{RequestBody, ResponseBody};
@@ -19,6 +18,7 @@ use crate::error::{BoxError, StoreError};
 use crate::future::ResponseFuture;
 use crate::key::{self, Fingerprint, FingerprintFn, ScopeFn, StoreKey};
 use crate::layer::{DetachedWork, IdempotencyLayer, InFlight, Settings};
+use crate::lease;
 use crate::problem::Problem;
 use crate::record;
 use crate::store::{Begin, LeaseToken, Store};
@@ -28,11 +28,6 @@ const HTTP_NAMESPACE: &str = "http";
 
 /// `Retry-After` of a 503 for a failed store or too much detached work.
 const RETRY_UNAVAILABLE: Duration = Duration::from_secs(1);
-
-/// The first and the longest wait between two looks at a key in flight, for the wait policy;
-/// stores that notify end the wait as soon as the key changes.
-const FIRST_POLL: Duration = Duration::from_millis(10);
-const LAST_POLL: Duration = Duration::from_millis(250);
 
 /// The longest `Retry-After` of a 409 for a key in flight.
 const RETRY_IN_FLIGHT: Duration = Duration::from_secs(1);
@@ -209,7 +204,7 @@ where
         }
     };
     let store = &*shared.store;
-    let executed = heartbeat(store, &key, token, settings.lease, async {
+    let executed = lease::heartbeat(store, &key, token, settings.lease, async {
         let response = match inner.call(request).await {
             Ok(response) => response,
             Err(error) => return Executed::Failed(error),
@@ -277,37 +272,25 @@ async fn claim<St: Store, Sc, Fp, B>(
     fingerprint: &Fingerprint,
 ) -> Claim<B> {
     let settings = &shared.settings;
-    let mut wait_until = None;
-    let mut backoff = FIRST_POLL;
-    loop {
-        let begun = shared.store.begin(key, fingerprint, settings.lease).await;
-        let retry_after = match begun {
-            Ok(Begin::Acquired(token)) => return Claim::Acquired(token),
-            Ok(Begin::Completed(record)) => return replay(record, key, settings.fail_open),
-            Ok(Begin::Mismatch) => {
-                tracing::info!(key = %key.short(), "idempotency: key reused with another payload");
-                return Claim::Answer(Problem::KeyReused.into_response());
-            }
-            Ok(Begin::InProgress { retry_after }) => retry_after,
-            Err(error) => return store_failed(&error, key, settings.fail_open),
-        };
-        let left = match settings.in_flight {
-            InFlight::Conflict => Duration::ZERO,
-            InFlight::Wait(bound) => wait_until
-                .get_or_insert_with(|| Instant::now() + bound)
-                .saturating_duration_since(Instant::now()),
-        };
-        if left.is_zero() {
+    let wait = match settings.in_flight {
+        InFlight::Conflict => Duration::ZERO,
+        InFlight::Wait(bound) => bound,
+    };
+    match lease::begin_or_wait(&*shared.store, key, fingerprint, settings.lease, wait).await {
+        Ok(Begin::Acquired(token)) => Claim::Acquired(token),
+        Ok(Begin::Completed(record)) => replay(record, key, settings.fail_open),
+        Ok(Begin::Mismatch) => {
+            tracing::info!(key = %key.short(), "idempotency: key reused with another payload");
+            Claim::Answer(Problem::KeyReused.into_response())
+        }
+        Ok(Begin::InProgress { retry_after }) => {
             tracing::debug!(key = %key.short(), ?retry_after, "idempotency: conflict, key in flight");
             // The holder's lease bounds how long it may still run, but most handlers finish
             // far sooner: ask for a retry soon rather than after the whole lease.
             let retry_after = retry_after.min(RETRY_IN_FLIGHT);
-            return Claim::Answer(Problem::InProgress { retry_after }.into_response());
+            Claim::Answer(Problem::InProgress { retry_after }.into_response())
         }
-        if let Err(error) = shared.store.wait(key, left.min(backoff)).await {
-            return store_failed(&error, key, settings.fail_open);
-        }
-        backoff = (backoff * 2).min(LAST_POLL);
+        Err(error) => store_failed(&error, key, settings.fail_open),
     }
 }
 
@@ -388,36 +371,6 @@ enum Executed<B, E> {
     NotStored(Response<ResponseBody<B>>),
     BodyFailed(BoxError),
     Failed(E),
-}
-
-/// Drives `work` while extending the lease every third of its length.
-async fn heartbeat<St: Store, F: Future>(
-    store: &St,
-    key: &StoreKey,
-    token: LeaseToken,
-    lease: Duration,
-    work: F,
-) -> F::Output {
-    let mut work = pin!(work);
-    let period = lease / 3;
-    let mut tick = pin!(tokio::time::sleep(period));
-    loop {
-        tokio::select! {
-            biased;
-            output = &mut work => return output,
-            () = &mut tick => {}
-        }
-        let mut extend = pin!(store.extend(key, token, lease));
-        let extended = tokio::select! {
-            biased;
-            output = &mut work => return output,
-            extended = &mut extend => extended,
-        };
-        if let Err(error) = extended {
-            tracing::warn!(key = %key.short(), %error, "idempotency: lease not extended");
-        }
-        tick.as_mut().reset(Instant::now() + period);
-    }
 }
 
 enum Collected<E> {

@@ -6,6 +6,7 @@
 //! `async fn() -> (impl Store, Guard)`, the guard keeping alive whatever the store needs (a
 //! Redis server) until the test ends.
 
+pub mod action_contract;
 pub mod app;
 pub mod faults;
 pub mod http_contract;

@@ -159,3 +159,5 @@ async fn waiters_are_woken_by_the_completion() {
         "waited {waited:?} of a 30 s bound"
     );
 }
+
+tests::action_contract_suite!(memory_store);

@@ -21,6 +21,7 @@ async fn redis_store() -> (RedisStore, RedisServer) {
 
 tests::store_contract_suite!(redis_store);
 tests::http_contract_suite!(redis_store);
+tests::action_contract_suite!(redis_store);
 
 const MINUTE: Duration = Duration::from_secs(60);
 

@@ -173,3 +173,149 @@ impl<S: Store> Store for Arc<S> {
         S::wait(self, key, at_most)
     }
 }
+
+type BoxFuture<'a, T> = std::pin::Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// [`Store`] with its futures boxed, so that it can be a trait object.
+trait ErasedStore: Send + Sync + 'static {
+    fn begin<'a>(
+        &'a self,
+        key: &'a StoreKey,
+        fingerprint: &'a Fingerprint,
+        lease: Duration,
+    ) -> BoxFuture<'a, Result<Begin, StoreError>>;
+    fn complete<'a>(
+        &'a self,
+        key: &'a StoreKey,
+        token: LeaseToken,
+        result: Bytes,
+        ttl: Duration,
+    ) -> BoxFuture<'a, Result<(), StoreError>>;
+    fn release<'a>(
+        &'a self,
+        key: &'a StoreKey,
+        token: LeaseToken,
+    ) -> BoxFuture<'a, Result<(), StoreError>>;
+    fn extend<'a>(
+        &'a self,
+        key: &'a StoreKey,
+        token: LeaseToken,
+        lease: Duration,
+    ) -> BoxFuture<'a, Result<(), StoreError>>;
+    fn wait<'a>(
+        &'a self,
+        key: &'a StoreKey,
+        at_most: Duration,
+    ) -> BoxFuture<'a, Result<(), StoreError>>;
+}
+
+impl<S: Store> ErasedStore for S {
+    fn begin<'a>(
+        &'a self,
+        key: &'a StoreKey,
+        fingerprint: &'a Fingerprint,
+        lease: Duration,
+    ) -> BoxFuture<'a, Result<Begin, StoreError>> {
+        Box::pin(Store::begin(self, key, fingerprint, lease))
+    }
+
+    fn complete<'a>(
+        &'a self,
+        key: &'a StoreKey,
+        token: LeaseToken,
+        result: Bytes,
+        ttl: Duration,
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        Box::pin(Store::complete(self, key, token, result, ttl))
+    }
+
+    fn release<'a>(
+        &'a self,
+        key: &'a StoreKey,
+        token: LeaseToken,
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        Box::pin(Store::release(self, key, token))
+    }
+
+    fn extend<'a>(
+        &'a self,
+        key: &'a StoreKey,
+        token: LeaseToken,
+        lease: Duration,
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        Box::pin(Store::extend(self, key, token, lease))
+    }
+
+    fn wait<'a>(
+        &'a self,
+        key: &'a StoreKey,
+        at_most: Duration,
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        Box::pin(Store::wait(self, key, at_most))
+    }
+}
+
+/// Any [`Store`], chosen at run time and shared: a cheap-to-clone handle on a boxed store.
+///
+/// The type of the process-wide default store of actions, and a way to pick a store from
+/// configuration while keeping one layer type:
+///
+/// ```
+/// use idempotency_layer::{IdempotencyLayer, MemoryStore, store::SharedStore};
+///
+/// let store = SharedStore::new(MemoryStore::new());
+/// let layer: IdempotencyLayer<SharedStore> = IdempotencyLayer::new(store);
+/// ```
+#[derive(Clone)]
+pub struct SharedStore(Arc<dyn ErasedStore>);
+
+impl SharedStore {
+    /// Wraps `store`.
+    pub fn new(store: impl Store) -> Self {
+        Self(Arc::new(store))
+    }
+}
+
+impl std::fmt::Debug for SharedStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SharedStore").finish_non_exhaustive()
+    }
+}
+
+impl Store for SharedStore {
+    async fn begin(
+        &self,
+        key: &StoreKey,
+        fingerprint: &Fingerprint,
+        lease: Duration,
+    ) -> Result<Begin, StoreError> {
+        self.0.begin(key, fingerprint, lease).await
+    }
+
+    async fn complete(
+        &self,
+        key: &StoreKey,
+        token: LeaseToken,
+        result: Bytes,
+        ttl: Duration,
+    ) -> Result<(), StoreError> {
+        self.0.complete(key, token, result, ttl).await
+    }
+
+    async fn release(&self, key: &StoreKey, token: LeaseToken) -> Result<(), StoreError> {
+        self.0.release(key, token).await
+    }
+
+    async fn extend(
+        &self,
+        key: &StoreKey,
+        token: LeaseToken,
+        lease: Duration,
+    ) -> Result<(), StoreError> {
+        self.0.extend(key, token, lease).await
+    }
+
+    async fn wait(&self, key: &StoreKey, at_most: Duration) -> Result<(), StoreError> {
+        self.0.wait(key, at_most).await
+    }
+}

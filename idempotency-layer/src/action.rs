@@ -1,0 +1,349 @@
+//! Run-once async operations: the runtime behind [`#[idempotent]`](crate::idempotent), usable
+//! on its own.
+//!
+//! An [`Action`] is a named operation; [`Action::run`] runs its body once per key. The first
+//! call with a key runs the body: `Ok` is stored and returned to every later call with the same
+//! key, which does not run the body again; `Err` releases the key, so a retry runs the body
+//! again. A call while another runs the same key waits (bounded) for its result, or fails with
+//! [`Error::InProgress`], as [`InProgress`] says. The same key with other arguments (the
+//! [`Fingerprint`]) fails with [`Error::KeyReused`].
+//!
+//! A body that panics, or a call that is dropped (cancelled) before the body finished,
+//! releases the key too: a retry runs the body again. (The release is a task spawned on the
+//! current Tokio runtime; outside one, the key frees itself when its lease expires.)
+//!
+//! Results are stored as JSON (`T: Serialize + DeserializeOwned`), in the process-wide
+//! [`default_store`] (a [`MemoryStore`] until [`set_default_store`] installs another, such as a
+//! `RedisStore` at start-up) or in the store given to [`Action::store`].
+//!
+//! ```
+//! use idempotency_layer::action::{Action, Fingerprint};
+//! use idempotency_layer::Error;
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Error> {
+//! let charge = Action::new("billing::charge");
+//! let mut charged = 0;
+//! for _ in 0..3 {
+//!     let receipt: String = charge
+//!         .run("order-42", Fingerprint::of(""), || async {
+//!             charged += 1;
+//!             Ok::<_, Error>(format!("receipt-{charged}"))
+//!         })
+//!         .await?;
+//!     assert_eq!(receipt, "receipt-1");
+//! }
+//! assert_eq!(charged, 1);
+//! # Ok(()) }
+//! ```
+
+use std::borrow::Cow;
+use std::fmt;
+use std::future::Future;
+use std::sync::{Arc, PoisonError, RwLock};
+use std::time::Duration;
+
+use bytes::{BufMut, Bytes, BytesMut};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+pub use crate::error::Error;
+pub use crate::key::Fingerprint;
+use crate::key::{FingerprintBuilder, Scope, StoreKey};
+use crate::lease;
+use crate::store::{Begin, LeaseToken, MemoryStore, SharedStore, Store, StoreError};
+
+/// What a call does while another call runs the same key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InProgress {
+    /// Wait up to this long for the other call's result (the default, 10 s), then fail with
+    /// [`Error::InProgress`]. If the other call fails and releases the key, this one runs.
+    Wait(Duration),
+    /// Fail at once with [`Error::InProgress`].
+    Fail,
+}
+
+static DEFAULT_STORE: RwLock<Option<SharedStore>> = RwLock::new(None);
+
+/// The process-wide store of actions that name none: a [`MemoryStore`] until
+/// [`set_default_store`] installs another.
+pub fn default_store() -> SharedStore {
+    if let Some(store) = &*DEFAULT_STORE.read().unwrap_or_else(PoisonError::into_inner) {
+        return store.clone();
+    }
+    DEFAULT_STORE
+        .write()
+        .unwrap_or_else(PoisonError::into_inner)
+        .get_or_insert_with(|| SharedStore::new(MemoryStore::new()))
+        .clone()
+}
+
+/// Installs the process-wide default store, typically once at start-up (a `RedisStore`, so
+/// that every process shares one state). Calls that already started keep the store they had.
+pub fn set_default_store(store: impl Store) {
+    *DEFAULT_STORE
+        .write()
+        .unwrap_or_else(PoisonError::into_inner) = Some(SharedStore::new(store));
+}
+
+/// The fingerprint of an action's arguments: each serialized as JSON, length-prefixed, hashed.
+///
+/// ```
+/// use idempotency_layer::action::fingerprint_params;
+///
+/// let a = fingerprint_params().param(&"a@example.com")?.param(&3)?.finish();
+/// let b = fingerprint_params().param(&"a@example.com")?.param(&4)?.finish();
+/// assert_ne!(a, b);
+/// # Ok::<(), idempotency_layer::Error>(())
+/// ```
+pub fn fingerprint_params() -> ParamsFingerprint {
+    ParamsFingerprint(Fingerprint::builder())
+}
+
+/// Builds a [`Fingerprint`] from serialized arguments; see [`fingerprint_params`].
+#[derive(Debug, Clone)]
+pub struct ParamsFingerprint(FingerprintBuilder);
+
+impl ParamsFingerprint {
+    /// Adds one argument.
+    pub fn param<P: Serialize + ?Sized>(self, param: &P) -> Result<Self, Error> {
+        let json = serde_json::to_vec(param).map_err(Error::Encode)?;
+        Ok(Self(self.0.field(json)))
+    }
+
+    /// The fingerprint of the arguments added.
+    pub fn finish(self) -> Fingerprint {
+        self.0.finish()
+    }
+}
+
+/// A named operation that runs once per key; see the [module docs](self).
+#[derive(Clone)]
+pub struct Action<S = SharedStore> {
+    namespace: Cow<'static, str>,
+    store: S,
+    ttl: Duration,
+    lease: Duration,
+    in_progress: InProgress,
+    prefix: Arc<str>,
+}
+
+impl<S> fmt::Debug for Action<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Action")
+            .field("namespace", &self.namespace)
+            .field("ttl", &self.ttl)
+            .field("lease", &self.lease)
+            .field("in_progress", &self.in_progress)
+            .field("prefix", &self.prefix)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Action {
+    /// An action named `namespace` on the [`default_store`]: records kept 24 h, a 10 s lease
+    /// (extended while the body runs), concurrent calls wait up to 10 s. Two actions with
+    /// different namespaces never share keys.
+    pub fn new(namespace: impl Into<Cow<'static, str>>) -> Self {
+        Self {
+            namespace: namespace.into(),
+            store: default_store(),
+            ttl: Duration::from_secs(24 * 60 * 60),
+            lease: Duration::from_secs(10),
+            in_progress: InProgress::Wait(Duration::from_secs(10)),
+            prefix: Arc::from("idempotency:"),
+        }
+    }
+}
+
+impl<S> Action<S> {
+    /// Keeps the action's records in `store` instead of the default store.
+    pub fn store<S2: Store + Clone>(self, store: S2) -> Action<S2> {
+        Action {
+            namespace: self.namespace,
+            store,
+            ttl: self.ttl,
+            lease: self.lease,
+            in_progress: self.in_progress,
+            prefix: self.prefix,
+        }
+    }
+
+    /// How long a result is kept and returned. Default 24 hours.
+    pub fn ttl(mut self, ttl: Duration) -> Self {
+        self.ttl = ttl;
+        self
+    }
+
+    /// How long a call holds its key without a heartbeat; extended every third of it while
+    /// the body runs. Default 10 seconds.
+    pub fn lease(mut self, lease: Duration) -> Self {
+        self.lease = lease;
+        self
+    }
+
+    /// What a call does while another runs the same key. Default: wait up to 10 s.
+    pub fn in_progress(mut self, policy: InProgress) -> Self {
+        self.in_progress = policy;
+        self
+    }
+
+    /// The prefix of the storage keys. Default `idempotency:`.
+    pub fn key_prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.prefix = Arc::from(prefix.into());
+        self
+    }
+}
+
+/// The version byte in front of every stored action result; the rest is JSON.
+const RESULT_VERSION: u8 = 1;
+
+impl<S: Store + Clone> Action<S> {
+    /// Runs `body` once for `key` (any `Display`: a string, a number, an id) and `fingerprint`;
+    /// see the [module docs](self).
+    pub async fn run<T, E, F, Fut>(
+        &self,
+        key: impl fmt::Display,
+        fingerprint: Fingerprint,
+        body: F,
+    ) -> Result<T, E>
+    where
+        T: Serialize + DeserializeOwned,
+        E: From<Error>,
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<T, E>>,
+    {
+        let key = StoreKey::derive(
+            self.prefix.clone(),
+            &self.namespace,
+            &Scope::global(),
+            key.to_string().as_bytes(),
+        );
+        let wait = match self.in_progress {
+            InProgress::Wait(bound) => bound,
+            InProgress::Fail => Duration::ZERO,
+        };
+        let begun = lease::begin_or_wait(&self.store, &key, &fingerprint, self.lease, wait)
+            .await
+            .map_err(Error::Store)?;
+        let token = match begun {
+            Begin::Acquired(token) => token,
+            Begin::Completed(record) => {
+                tracing::debug!(key = %key.short(), namespace = %self.namespace, "idempotent action: replayed");
+                return decode(&record).map_err(E::from);
+            }
+            Begin::Mismatch => {
+                tracing::info!(key = %key.short(), namespace = %self.namespace, "idempotent action: key reused with other arguments");
+                return Err(Error::KeyReused.into());
+            }
+            Begin::InProgress { retry_after } => {
+                tracing::debug!(key = %key.short(), namespace = %self.namespace, "idempotent action: in progress elsewhere");
+                return Err(Error::InProgress { retry_after }.into());
+            }
+        };
+        let held = Held {
+            store: self.store.clone(),
+            key,
+            token,
+            armed: true,
+        };
+        let outcome = lease::heartbeat(&self.store, &held.key, token, self.lease, body()).await;
+        match &outcome {
+            Ok(value) => self.keep(&held, value).await,
+            Err(_) => {
+                tracing::debug!(key = %held.key.short(), namespace = %self.namespace, "idempotent action: failed; key released");
+                release(&self.store, &held.key, token).await;
+            }
+        }
+        held.disarm();
+        outcome
+    }
+
+    async fn keep<T: Serialize>(&self, held: &Held<S>, value: &T) {
+        let (key, token) = (&held.key, held.token);
+        let record = match encode(value) {
+            Ok(record) => record,
+            Err(error) => {
+                tracing::error!(key = %key.short(), namespace = %self.namespace, %error, "idempotent action: result not serializable; key released");
+                release(&self.store, key, token).await;
+                return;
+            }
+        };
+        match self.store.complete(key, token, record, self.ttl).await {
+            Ok(()) => {
+                tracing::debug!(key = %key.short(), namespace = %self.namespace, "idempotent action: executed and stored");
+            }
+            Err(StoreError::LeaseLost) => tracing::warn!(
+                key = %key.short(),
+                namespace = %self.namespace,
+                "idempotent action: lease lost before the result was stored"
+            ),
+            Err(error) => tracing::error!(
+                key = %key.short(),
+                namespace = %self.namespace,
+                %error,
+                "idempotent action: result not stored"
+            ),
+        }
+    }
+}
+
+fn encode<T: Serialize>(value: &T) -> Result<Bytes, serde_json::Error> {
+    let mut out = BytesMut::with_capacity(64).writer();
+    out.get_mut().put_u8(RESULT_VERSION);
+    serde_json::to_writer(&mut out, value)?;
+    Ok(out.into_inner().freeze())
+}
+
+fn decode<T: DeserializeOwned>(record: &[u8]) -> Result<T, Error> {
+    match record.split_first() {
+        Some((&RESULT_VERSION, json)) => serde_json::from_slice(json).map_err(|error| {
+            Error::Store(StoreError::Corrupt(format!(
+                "a stored action result does not decode: {error}"
+            )))
+        }),
+        _ => Err(Error::Store(StoreError::Corrupt(
+            "a stored action result has an unknown version".to_owned(),
+        ))),
+    }
+}
+
+async fn release<S: Store>(store: &S, key: &StoreKey, token: LeaseToken) {
+    if let Err(error) = store.release(key, token).await {
+        tracing::warn!(key = %key.short(), %error, "idempotent action: key not released");
+    }
+}
+
+/// The held key of a running body; dropped armed (a panic, a cancelled call), it releases the
+/// key in a task of its own.
+struct Held<S: Store + Clone> {
+    store: S,
+    key: StoreKey,
+    token: LeaseToken,
+    armed: bool,
+}
+
+impl<S: Store + Clone> Held<S> {
+    fn disarm(mut self) {
+        self.armed = false;
+    }
+}
+
+impl<S: Store + Clone> Drop for Held<S> {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        let (store, key, token) = (self.store.clone(), self.key.clone(), self.token);
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => {
+                tracing::debug!(key = %key.short(), "idempotent action: cancelled or panicked; key released");
+                runtime.spawn(async move { release(&store, &key, token).await });
+            }
+            Err(_) => tracing::warn!(
+                key = %key.short(),
+                "idempotent action: cancelled outside a Tokio runtime; the key frees itself when its lease expires"
+            ),
+        }
+    }
+}
