@@ -4,7 +4,7 @@ use proc_macro_crate::{FoundCrate, crate_name};
 use proc_macro2::{Span, TokenStream};
 use quote::{quote, quote_spanned};
 use syn::spanned::Spanned;
-use syn::{FnArg, GenericArgument, Ident, ItemFn, Pat, PathArguments, ReturnType, Type};
+use syn::{FnArg, GenericArgument, Ident, ItemFn, Pat, PathArguments, ReturnType, Signature, Type};
 
 use crate::args::{Args, DurationArg, InProgressArg};
 
@@ -28,7 +28,7 @@ pub(crate) fn expand(args: Args, function: ItemFn) -> syn::Result<TokenStream> {
             "#[idempotent] works on async functions: write `async fn`",
         ));
     }
-    let (ok, err) = result_types(&sig.output)?;
+    let (ok, err) = result_types(sig)?;
     let Some(key) = args.key else {
         return Err(syn::Error::new(
             Span::call_site(),
@@ -131,12 +131,12 @@ fn duration(arg: &DurationArg) -> TokenStream {
 }
 
 /// `T` and `E` of a `Result<T, E>` return type.
-fn result_types(output: &ReturnType) -> syn::Result<(Type, Type)> {
+fn result_types(sig: &Signature) -> syn::Result<(Type, Type)> {
     const WANTED: &str = "an #[idempotent] function returns Result<T, E>, with \
         T: Serialize + DeserializeOwned (stored and returned to every later call) and \
         E: From<idempotency_layer::Error>";
-    let ReturnType::Type(_, ty) = output else {
-        return Err(syn::Error::new(output.span(), WANTED));
+    let ReturnType::Type(_, ty) = &sig.output else {
+        return Err(syn::Error::new(sig.ident.span(), WANTED));
     };
     if let Type::Path(path) = &**ty
         && path.qself.is_none()

@@ -30,14 +30,22 @@ mod args;
 mod expand;
 
 use proc_macro::TokenStream;
+use quote::ToTokens;
 use syn::{ItemFn, parse_macro_input};
 
 /// Runs the async function once per key; see the [crate docs](crate).
 #[proc_macro_attribute]
 pub fn idempotent(args: TokenStream, item: TokenStream) -> TokenStream {
-    let args = parse_macro_input!(args as args::Args);
     let function = parse_macro_input!(item as ItemFn);
-    expand::expand(args, function)
-        .unwrap_or_else(syn::Error::into_compile_error)
-        .into()
+    let expanded =
+        syn::parse::<args::Args>(args).and_then(|args| expand::expand(args, function.clone()));
+    match expanded {
+        Ok(expanded) => expanded.into(),
+        // The function as written stays, so that the one error above is the only one.
+        Err(error) => {
+            let mut output = error.into_compile_error();
+            output.extend(function.into_token_stream());
+            output.into()
+        }
+    }
 }
