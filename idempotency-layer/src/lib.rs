@@ -87,6 +87,46 @@
 //! # }
 //! ```
 //!
+//! # Run-once functions
+//!
+//! [`#[idempotent(key = ...)]`](idempotent) (feature `macros`, on by default) makes a plain async
+//! function run once per key; later calls get the first result back without running it. `Ok`
+//! is stored (as JSON) and returned to every later call; `Err`, a panic or a cancelled call
+//! releases the key, so a retry runs again. The runtime behind it is [`action`], usable on its
+//! own.
+//!
+//! ```
+//! use std::sync::atomic::{AtomicUsize, Ordering};
+//! use idempotency_layer::{Error, idempotent};
+//!
+//! static SENT: AtomicUsize = AtomicUsize::new(0);
+//!
+//! #[derive(serde::Serialize, serde::Deserialize)]
+//! struct Receipt { id: usize }
+//!
+//! #[idempotent(key = format!("welcome-email-{user_id}"), ttl = "24h", fingerprint = [email])]
+//! async fn send_welcome_email(user_id: &str, email: &str) -> Result<Receipt, Error> {
+//!     let id = SENT.fetch_add(1, Ordering::SeqCst) + 1; // the e-mail goes out here
+//!     Ok(Receipt { id })
+//! }
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Error> {
+//! let first = send_welcome_email("user_123", "new.user@example.com").await?;
+//! let again = send_welcome_email("user_123", "new.user@example.com").await?;
+//! assert_eq!((first.id, again.id), (1, 1));
+//! assert_eq!(SENT.load(Ordering::SeqCst), 1);
+//!
+//! // The same key with another fingerprinted argument is refused.
+//! let reused = send_welcome_email("user_123", "other@example.com").await;
+//! assert!(matches!(reused, Err(Error::KeyReused)));
+//! # Ok(()) }
+//! ```
+//!
+//! Results go to the process-wide default store, a [`MemoryStore`] until
+//! [`action::set_default_store`] installs another (a Redis store at start-up, so that every
+//! process shares them), or to the store named by `store = expr`.
+//!
 //! # Stores
 //!
 //! [`MemoryStore`] keeps records in process memory: the embedded default, bounded by entries and

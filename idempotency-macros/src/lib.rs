@@ -1,30 +1,6 @@
-//! `#[idempotent(key = ...)]`: run a plain async function once per key; later calls get the
-//! first result back. Re-exported by `idempotency-layer` (feature `macros`, on by default), and
-//! documented there with runnable examples: use it as `idempotency_layer::idempotent`.
-//!
-//! ```ignore
-//! use idempotency_layer::idempotent;
-//!
-//! #[idempotent(key = format!("welcome-email-{user_id}"), ttl = "24h")]
-//! async fn send_welcome_email(user_id: &str, email: &str, name: &str) -> Result<Receipt, MailError> {
-//!     mailer.send(email, name).await
-//! }
-//! ```
-//!
-//! Arguments:
-//!
-//! | argument | meaning | default |
-//! | --- | --- | --- |
-//! | `key = expr` | the key, any `Display` expression over the parameters (required) | |
-//! | `store = expr` | the store (`impl Store + Clone`) | the process-wide default store |
-//! | `ttl = "24h"` or a `Duration` | how long the result is kept | 24 h |
-//! | `lease = "30s"` or a `Duration` | how long a call holds the key between heartbeats | 10 s |
-//! | `namespace = "..."` | keeps functions apart | module path and function name |
-//! | `fingerprint = [a, b]` | parameters whose change under the same key is refused | none |
-//! | `in_progress = wait`, `wait("5s")` or `fail` | a concurrent call waits for the result, or fails | `wait("10s")` |
-//!
-//! Durations are a number and a unit (`ms`, `s`, `m`, `h`, `d`), such as `"30s"`, `"24h"` or
-//! `"1h30m"`, checked at compile time, or any expression of type `std::time::Duration`.
+//! The `#[idempotent]` attribute of `idempotency-layer`, which re-exports it (feature `macros`,
+//! on by default) and documents it with runnable examples: use it as
+//! `idempotency_layer::idempotent`.
 
 mod args;
 mod expand;
@@ -33,7 +9,38 @@ use proc_macro::TokenStream;
 use quote::ToTokens;
 use syn::{ItemFn, parse_macro_input};
 
-/// Runs the async function once per key; see the [crate docs](crate).
+/// Runs an async function once per key; later calls get the first result back.
+///
+/// ```ignore
+/// use idempotency_layer::idempotent;
+///
+/// #[idempotent(key = format!("welcome-email-{user_id}"), ttl = "24h", fingerprint = [email])]
+/// async fn send_welcome_email(user_id: &str, email: &str, name: &str) -> Result<Receipt, MailError> {
+///     mailer.send(email, name).await
+/// }
+/// ```
+///
+/// The function must be `async` and return `Result<T, E>` with
+/// `T: Serialize + DeserializeOwned` and `E: From<idempotency_layer::Error>`. `Ok` is stored
+/// and returned to every later call with the same key, without running the body; `Err`, a
+/// panic or a cancelled call releases the key, so a retry runs the body again. Free functions,
+/// `&self` methods and generic functions work; the signature, docs, attributes and visibility
+/// are kept.
+///
+/// | argument | meaning | default |
+/// | --- | --- | --- |
+/// | `key = expr` | the key: any `Display` expression over the parameters (required) | |
+/// | `store = expr` | the store, any `impl Store + Clone` | the process-wide default store |
+/// | `ttl = "24h"` or a `Duration` | how long the result is kept | 24 h |
+/// | `lease = "30s"` or a `Duration` | how long a call holds the key between heartbeats | 10 s |
+/// | `namespace = "..."` | keeps functions apart | module path and function name |
+/// | `fingerprint = [a, b]` | parameters (`Serialize`) whose change under one key is refused with `Error::KeyReused` | none |
+/// | `in_progress = wait`, `wait("5s")` or `fail` | a concurrent call waits for the first result, or fails with `Error::InProgress` | `wait("10s")` |
+///
+/// Durations are a number and a unit (`ms`, `s`, `m`, `h`, `d`) such as `"30s"`, `"24h"` or
+/// `"1h30m"`, checked at compile time, or any expression of type `std::time::Duration`. A
+/// misuse (not `async`, no `key`, an unknown or repeated argument, another return type, a bad
+/// duration) is a compile error at the offending tokens.
 #[proc_macro_attribute]
 pub fn idempotent(args: TokenStream, item: TokenStream) -> TokenStream {
     let function = parse_macro_input!(item as ItemFn);
