@@ -9,8 +9,13 @@
 //! [`Fingerprint`]) fails with [`Error::KeyReused`].
 //!
 //! A body that panics, or a call that is dropped (cancelled) before the body finished,
-//! releases the key too: a retry runs the body again. (The release is a task spawned on the
-//! current Tokio runtime; outside one, the key frees itself when its lease expires.)
+//! releases the key too: a retry runs the body again. A call cancelled after its body returned
+//! `Ok` still stores the result. (Both happen in a task spawned on the current Tokio runtime;
+//! outside one, the key frees itself when its lease expires.)
+//!
+//! A result must survive a JSON round trip: one that does not serialize is not stored (the key
+//! is released and the error logged), and one that serializes but does not read back (a NaN
+//! float becomes `null`) makes later calls fail with a [`StoreError::Corrupt`].
 //!
 //! Results are stored as JSON (`T: Serialize + DeserializeOwned`), in the process-wide
 //! [`default_store`] (a [`MemoryStore`] until [`set_default_store`] installs another, such as a
@@ -176,9 +181,9 @@ impl<S> Action<S> {
     }
 
     /// How long a call holds its key without a heartbeat; extended every third of it while
-    /// the body runs. Default 10 seconds.
+    /// the body runs. Default 10 seconds; at least 30 ms.
     pub fn lease(mut self, lease: Duration) -> Self {
-        self.lease = lease;
+        self.lease = lease.max(lease::SHORTEST_LEASE);
         self
     }
 
@@ -241,35 +246,37 @@ impl<S: Store + Clone> Action<S> {
                 return Err(Error::InProgress { retry_after }.into());
             }
         };
-        let held = Held {
+        let mut held = Held {
             store: self.store.clone(),
             key,
             token,
-            armed: true,
+            on_drop: OnDrop::Release,
         };
         let outcome = lease::heartbeat(&self.store, &held.key, token, self.lease, body()).await;
         match &outcome {
-            Ok(value) => self.keep(&held, value).await,
+            Ok(value) => match encode(value) {
+                Ok(record) => {
+                    // The body ran: from here on, a cancelled call must still store its result.
+                    held.on_drop = OnDrop::Complete(record.clone(), self.ttl);
+                    self.keep(&held, record).await;
+                }
+                Err(error) => {
+                    tracing::error!(key = %held.key.short(), namespace = %self.namespace, %error, "idempotent action: result not serializable; key released");
+                    release(&self.store, &held.key, token).await;
+                }
+            },
             Err(_) => {
                 tracing::debug!(key = %held.key.short(), namespace = %self.namespace, "idempotent action: failed; key released");
                 release(&self.store, &held.key, token).await;
             }
         }
-        held.disarm();
+        held.on_drop = OnDrop::Nothing;
         outcome
     }
 
-    async fn keep<T: Serialize>(&self, held: &Held<S>, value: &T) {
-        let (key, token) = (&held.key, held.token);
-        let record = match encode(value) {
-            Ok(record) => record,
-            Err(error) => {
-                tracing::error!(key = %key.short(), namespace = %self.namespace, %error, "idempotent action: result not serializable; key released");
-                release(&self.store, key, token).await;
-                return;
-            }
-        };
-        match self.store.complete(key, token, record, self.ttl).await {
+    async fn keep(&self, held: &Held<S>, record: Bytes) {
+        let key = &held.key;
+        match lease::complete(&self.store, key, held.token, record, self.ttl).await {
             Ok(()) => {
                 tracing::debug!(key = %key.short(), namespace = %self.namespace, "idempotent action: executed and stored");
             }
@@ -278,11 +285,17 @@ impl<S: Store + Clone> Action<S> {
                 namespace = %self.namespace,
                 "idempotent action: lease lost before the result was stored"
             ),
+            Err(error @ StoreError::NotReplicated { .. }) => tracing::warn!(
+                key = %key.short(),
+                namespace = %self.namespace,
+                %error,
+                "idempotent action: result stored on the primary, not yet on the replicas required"
+            ),
             Err(error) => tracing::error!(
                 key = %key.short(),
                 namespace = %self.namespace,
                 %error,
-                "idempotent action: result not stored"
+                "idempotent action: result not stored; the key stays in progress until its lease expires"
             ),
         }
     }
@@ -314,36 +327,52 @@ async fn release<S: Store>(store: &S, key: &StoreKey, token: LeaseToken) {
     }
 }
 
-/// The held key of a running body; dropped armed (a panic, a cancelled call), it releases the
-/// key in a task of its own.
+/// What dropping a [`Held`] key does.
+enum OnDrop {
+    /// The body did not finish (a panic, a cancelled call): release the key.
+    Release,
+    /// The body returned `Ok` but the call was cancelled while storing: store the result.
+    Complete(Bytes, Duration),
+    /// The call finished normally.
+    Nothing,
+}
+
+/// The held key of a running call; dropped early, it releases the key or stores the result in
+/// a task of its own, as [`OnDrop`] says.
 struct Held<S: Store + Clone> {
     store: S,
     key: StoreKey,
     token: LeaseToken,
-    armed: bool,
-}
-
-impl<S: Store + Clone> Held<S> {
-    fn disarm(mut self) {
-        self.armed = false;
-    }
+    on_drop: OnDrop,
 }
 
 impl<S: Store + Clone> Drop for Held<S> {
     fn drop(&mut self) {
-        if !self.armed {
+        let on_drop = std::mem::replace(&mut self.on_drop, OnDrop::Nothing);
+        if matches!(on_drop, OnDrop::Nothing) {
             return;
         }
         let (store, key, token) = (self.store.clone(), self.key.clone(), self.token);
-        match tokio::runtime::Handle::try_current() {
-            Ok(runtime) => {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            tracing::warn!(
+                key = %key.short(),
+                "idempotent action: cancelled outside a Tokio runtime; the key frees itself when its lease expires"
+            );
+            return;
+        };
+        match on_drop {
+            OnDrop::Complete(record, ttl) => {
+                runtime.spawn(async move {
+                    if let Err(error) = lease::complete(&store, &key, token, record, ttl).await {
+                        tracing::error!(key = %key.short(), %error, "idempotent action: result of a cancelled call not stored");
+                    }
+                });
+            }
+            OnDrop::Release => {
                 tracing::debug!(key = %key.short(), "idempotent action: cancelled or panicked; key released");
                 runtime.spawn(async move { release(&store, &key, token).await });
             }
-            Err(_) => tracing::warn!(
-                key = %key.short(),
-                "idempotent action: cancelled outside a Tokio runtime; the key frees itself when its lease expires"
-            ),
+            OnDrop::Nothing => {}
         }
     }
 }

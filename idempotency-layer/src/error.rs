@@ -8,9 +8,10 @@ pub type BoxError = Box<dyn StdError + Send + Sync + 'static>;
 
 /// What can go wrong in a [`Store`](crate::store::Store) operation.
 ///
-/// The layer answers every variant with a response, never a panic: [`LeaseLost`](Self::LeaseLost)
-/// is logged (the handler already ran), the others become `503 Service Unavailable` with
-/// `Retry-After` (or, with `fail_open`, an unprotected run of the handler).
+/// The layer never panics on any of them. When claiming a key fails, it answers
+/// `503 Service Unavailable` with `Retry-After` (with `fail_open`, an unreachable or full store
+/// runs the handler unprotected instead; a corrupt record never does). When storing a result
+/// fails, the handler has already run: the failure is logged and its response is sent.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum StoreError {

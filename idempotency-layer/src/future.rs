@@ -53,6 +53,7 @@ impl<F, B: 'static, E: 'static> ResponseFuture<F, B, E> {
                 work: Detachable {
                     work: Some(work),
                     tracker: tracker.clone(),
+                    polling: false,
                 },
             },
         }
@@ -91,6 +92,8 @@ impl<F, B: 'static, E: 'static> fmt::Debug for ResponseFuture<F, B, E> {
 struct Detachable<T: 'static> {
     work: Option<BoxFuture<T>>,
     tracker: TaskTracker,
+    /// Set while `work` is polled: still set on drop, the poll panicked (and was caught).
+    polling: bool,
 }
 
 impl<T: 'static> Detachable<T> {
@@ -99,7 +102,10 @@ impl<T: 'static> Detachable<T> {
             .work
             .as_mut()
             .expect("ResponseFuture polled after completion");
-        let output = ready!(work.as_mut().poll(cx));
+        self.polling = true;
+        let output = work.as_mut().poll(cx);
+        self.polling = false;
+        let output = ready!(output);
         self.work = None;
         Poll::Ready(output)
     }
@@ -110,6 +116,10 @@ impl<T: 'static> Drop for Detachable<T> {
         let Some(work) = self.work.take() else {
             return;
         };
+        if self.polling || std::thread::panicking() {
+            // The handler itself panicked: polling it again would panic again.
+            return;
+        }
         match tokio::runtime::Handle::try_current() {
             Ok(runtime) => {
                 tracing::debug!("idempotency: client went away; its handler goes on detached");

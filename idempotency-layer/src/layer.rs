@@ -179,9 +179,9 @@ impl<St, Sc, Fp> IdempotencyLayer<St, Sc, Fp> {
 
     /// How long a request holds its key without a heartbeat; the layer extends it every third
     /// of this while the handler runs. A process that dies loses its keys after this time.
-    /// Default 10 seconds.
+    /// Default 10 seconds; at least 30 ms.
     pub fn lease(mut self, lease: Duration) -> Self {
-        self.settings.lease = lease;
+        self.settings.lease = lease.max(crate::lease::SHORTEST_LEASE);
         self
     }
 
@@ -230,8 +230,10 @@ impl<St, Sc, Fp> IdempotencyLayer<St, Sc, Fp> {
         self
     }
 
-    /// The most handlers kept running for clients that disconnected. While that many run, new
-    /// protected requests get `503` with `Retry-After`. Default: unbounded.
+    /// A bound on handlers kept running for clients that disconnected: while that many run,
+    /// new protected requests get `503` with `Retry-After`. Requests already admitted still
+    /// detach when their clients go away, so the count can pass the bound by at most the
+    /// protected requests in flight at that moment. Default: unbounded.
     pub fn max_detached(mut self, max: usize) -> Self {
         self.settings.max_detached = Some(max);
         self

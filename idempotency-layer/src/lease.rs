@@ -10,6 +10,13 @@ use tokio::time::Instant;
 use crate::key::{Fingerprint, StoreKey};
 use crate::store::{Begin, LeaseToken, Store, StoreError};
 
+/// The longest duration the library uses as given (a century); longer TTLs, leases and waits
+/// are cut to it, so that no deadline overflows.
+pub(crate) const LONGEST: Duration = Duration::from_secs(100 * 365 * 24 * 60 * 60);
+
+/// The shortest lease: shorter ones are raised to it, so that a heartbeat can keep it.
+pub(crate) const SHORTEST_LEASE: Duration = Duration::from_millis(30);
+
 /// The first and the longest wait between two looks at a key in flight; stores that notify end
 /// a wait as soon as the key changes.
 const FIRST_POLL: Duration = Duration::from_millis(10);
@@ -33,7 +40,7 @@ pub(crate) async fn begin_or_wait<St: Store>(
             return Ok(begun);
         }
         let left = deadline
-            .get_or_insert_with(|| Instant::now() + wait)
+            .get_or_insert_with(|| Instant::now() + wait.min(LONGEST))
             .saturating_duration_since(Instant::now());
         if left.is_zero() {
             return Ok(begun);
@@ -42,6 +49,28 @@ pub(crate) async fn begin_or_wait<St: Store>(
         backoff = (backoff * 2).min(LAST_POLL);
     }
 }
+
+/// [`Store::complete`], tried once more after a short pause when the store was unavailable: a
+/// completion that does not land leaves the key in progress until its lease expires, and then
+/// the operation would run again. (Completion is fenced by the token, so a retry is safe.)
+pub(crate) async fn complete<St: Store>(
+    store: &St,
+    key: &StoreKey,
+    token: LeaseToken,
+    record: bytes::Bytes,
+    ttl: Duration,
+) -> Result<(), StoreError> {
+    match store.complete(key, token, record.clone(), ttl).await {
+        Err(StoreError::Unavailable(_)) => {
+            tokio::time::sleep(COMPLETE_RETRY).await;
+            store.complete(key, token, record, ttl).await
+        }
+        done => done,
+    }
+}
+
+/// The pause before the one retry of a completion.
+const COMPLETE_RETRY: Duration = Duration::from_millis(50);
 
 /// Drives `work` while extending the lease every third of its length.
 pub(crate) async fn heartbeat<St: Store, F: Future>(
@@ -52,7 +81,7 @@ pub(crate) async fn heartbeat<St: Store, F: Future>(
     work: F,
 ) -> F::Output {
     let mut work = pin!(work);
-    let period = lease / 3;
+    let period = lease.max(SHORTEST_LEASE) / 3;
     let mut tick = pin!(tokio::time::sleep(period));
     loop {
         tokio::select! {

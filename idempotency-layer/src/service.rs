@@ -319,7 +319,10 @@ fn replay<B>(record: Bytes, key: &StoreKey, fail_open: bool) -> Claim<B> {
 }
 
 fn store_failed<B>(error: &StoreError, key: &StoreKey, fail_open: bool) -> Claim<B> {
-    if fail_open {
+    // Only an unreachable or full store may be bypassed: a record that exists but cannot be
+    // read (an unknown version during a rolling deploy, say) means the operation may have run.
+    let bypassable = matches!(error, StoreError::Unavailable(_) | StoreError::Full(_));
+    if fail_open && bypassable {
         tracing::warn!(key = %key.short(), %error, "idempotency: store failed; running unprotected (fail_open)");
         return Claim::Unprotected;
     }
@@ -340,9 +343,19 @@ async fn store_result<St: Store, Sc, Fp>(
     body: &[u8],
     body_omitted: bool,
 ) {
-    let record = record::encode(head, body, body_omitted);
+    let store = &*shared.store;
     let ttl = shared.settings.ttl;
-    match shared.store.complete(key, token, record, ttl).await {
+    let record = record::encode(head, body, body_omitted);
+    let mut stored = lease::complete(store, key, token, record, ttl).await;
+    let mut body_omitted = body_omitted;
+    if matches!(stored, Err(StoreError::Full(_))) && !body_omitted {
+        // The store cannot hold this response: keep the key completed without it, so that a
+        // retry is told so (410) rather than run again.
+        body_omitted = true;
+        let record = record::encode(head, &[], true);
+        stored = lease::complete(store, key, token, record, ttl).await;
+    }
+    match stored {
         Ok(()) => {
             tracing::debug!(key = %key.short(), status = %head.status, body_omitted, "idempotency: executed and stored");
         }
@@ -350,6 +363,11 @@ async fn store_result<St: Store, Sc, Fp>(
             key = %key.short(),
             "idempotency: lease lost before the response was stored; the handler ran longer \
              than its lease without a heartbeat reaching the store"
+        ),
+        Err(error @ StoreError::NotReplicated { .. }) => tracing::warn!(
+            key = %key.short(),
+            %error,
+            "idempotency: response stored on the primary, not yet on the replicas required"
         ),
         Err(error) => tracing::error!(
             key = %key.short(),

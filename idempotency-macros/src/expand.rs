@@ -40,10 +40,7 @@ pub(crate) fn expand(args: Args, function: ItemFn) -> syn::Result<TokenStream> {
 
     let namespace = match &args.namespace {
         Some(namespace) => quote!(#namespace),
-        None => {
-            let name = sig.ident.to_string();
-            quote!(::core::concat!(::core::module_path!(), "::", #name))
-        }
+        None => default_namespace(sig),
     };
     let store = args
         .store
@@ -112,6 +109,33 @@ pub(crate) fn expand(args: Args, function: ItemFn) -> syn::Result<TokenStream> {
                 #store #ttl #lease #in_progress;
             #run.await
         }
+    })
+}
+
+/// The module path and the function's name; for a method, also the type of `Self`, and for a
+/// generic function the type of each type parameter, so that two impls of one trait method, or
+/// two instances of one generic function, never share keys.
+fn default_namespace(sig: &Signature) -> TokenStream {
+    let name = sig.ident.to_string();
+    let path = quote!(::core::concat!(::core::module_path!(), "::", #name));
+    let mut types: Vec<TokenStream> = Vec::new();
+    if sig.receiver().is_some() {
+        types.push(quote!(::core::any::type_name::<Self>()));
+    }
+    for param in sig.generics.type_params() {
+        let ident = &param.ident;
+        types.push(quote!(::core::any::type_name::<#ident>()));
+    }
+    if types.is_empty() {
+        return path;
+    }
+    quote!({
+        let mut __idempotent_namespace = ::std::string::String::from(#path);
+        #(
+            __idempotent_namespace.push_str(" ");
+            __idempotent_namespace.push_str(#types);
+        )*
+        __idempotent_namespace
     })
 }
 

@@ -33,9 +33,14 @@ use syn::{ItemFn, parse_macro_input};
 /// | `store = expr` | the store, any `impl Store + Clone` | the process-wide default store |
 /// | `ttl = "24h"` or a `Duration` | how long the result is kept | 24 h |
 /// | `lease = "30s"` or a `Duration` | how long a call holds the key between heartbeats | 10 s |
-/// | `namespace = "..."` | keeps functions apart | module path and function name |
+/// | `namespace = "..."` | keeps functions apart | module path and function name, plus the type of `Self` for methods and of each type parameter for generic functions |
 /// | `fingerprint = [a, b]` | parameters (`Serialize`) whose change under one key is refused with `Error::KeyReused` | none |
 /// | `in_progress = wait`, `wait("5s")` or `fail` | a concurrent call waits for the first result, or fails with `Error::InProgress` | `wait("10s")` |
+///
+/// The default namespace keeps two impls of one trait method, and two instances of one generic
+/// function, apart. It uses `std::any::type_name`, whose text a new compiler may change: give
+/// `namespace` where results must survive a toolchain upgrade, and to functions without
+/// `self` that two impl blocks of one module both define.
 ///
 /// Durations are a number and a unit (`ms`, `s`, `m`, `h`, `d`) such as `"30s"`, `"24h"` or
 /// `"1h30m"`, checked at compile time, or any expression of type `std::time::Duration`. A

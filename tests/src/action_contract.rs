@@ -62,8 +62,10 @@ async fn send<St: Store + Clone>(
     })
 }
 
-#[idempotent(key = user, store = store.clone(), namespace = "panicking")]
-async fn panics<St: Store + Clone>(
+/// Panics on its first run. The long lease and the fail policy make sure a retry can only
+/// run once the key was released, not because the lease ran out.
+#[idempotent(key = user, store = store.clone(), lease = "60s", in_progress = fail)]
+async fn panics_once<St: Store + Clone>(
     store: &St,
     user: &str,
     runs: &AtomicUsize,
@@ -73,6 +75,41 @@ async fn panics<St: Store + Clone>(
         panic!("the first run panics");
     }
     Ok(run)
+}
+
+/// Sleeps `delay`, then counts its run; a long lease and the fail policy as above.
+#[idempotent(key = user, store = store.clone(), lease = "60s", in_progress = fail)]
+async fn slow<St: Store + Clone>(
+    store: &St,
+    user: &str,
+    runs: &AtomicUsize,
+    delay: Duration,
+) -> Result<usize, Error> {
+    tokio::time::sleep(delay).await;
+    Ok(runs.fetch_add(1, Ordering::SeqCst) + 1)
+}
+
+/// Calls `call` until it stops failing with `InProgress`, for at most 2 s (a 30th of the
+/// lease): the key must have been released, not expired.
+async fn after_release<F, Fut>(mut call: F) -> usize
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<usize, Error>>,
+{
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+    loop {
+        match call().await {
+            Ok(run) => return run,
+            Err(Error::InProgress { .. }) => {
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "the key was not released"
+                );
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            Err(other) => panic!("{other}"),
+        }
+    }
 }
 
 /// A service with a method: `&self` and a store held in the struct.
@@ -151,23 +188,11 @@ pub async fn a_panic_releases_the_key<St: Store + Clone>(store: St) {
     let user = unique("user");
     let panicked = tokio::spawn({
         let (store, runs, user) = (store.clone(), runs.clone(), user.clone());
-        async move { panics(&store, &user, &runs).await }
+        async move { panics_once(&store, &user, &runs).await }
     })
     .await;
     assert!(panicked.unwrap_err().is_panic());
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    let run = loop {
-        match panics(&store, &user, &runs).await {
-            Ok(run) => break run,
-            Err(Error::InProgress { .. }) => {
-                assert!(
-                    tokio::time::Instant::now() < deadline,
-                    "the key was never released"
-                );
-            }
-            Err(other) => panic!("{other}"),
-        }
-    };
+    let run = after_release(|| panics_once(&store, &user, &runs)).await;
     assert_eq!(run, 2);
 }
 
@@ -177,21 +202,12 @@ pub async fn a_cancelled_call_releases_the_key<St: Store + Clone>(store: St) {
     let user = unique("user");
     let cancelled = tokio::time::timeout(
         Duration::from_millis(50),
-        send(
-            &store,
-            &user,
-            "a@example.com",
-            &runs,
-            Duration::from_secs(30),
-            false,
-        ),
+        slow(&store, &user, &runs, Duration::from_secs(30)),
     )
     .await;
     assert!(cancelled.is_err());
-    let receipt = send(&store, &user, "a@example.com", &runs, Duration::ZERO, false)
-        .await
-        .unwrap();
-    assert_eq!(receipt.run, 2);
+    let run = after_release(|| slow(&store, &user, &runs, Duration::ZERO)).await;
+    assert_eq!(run, 1, "the cancelled body never counted its run");
 }
 
 /// The same key with another fingerprinted argument is `KeyReused`, and does not run.

@@ -128,3 +128,53 @@ impl<St: Store> Store for Corrupting<St> {
         self.inner.extend(key, token, lease).await
     }
 }
+
+/// Wraps a store; `complete` waits `delay` before it reaches the store, as a slow network
+/// would, so that a caller can be cancelled mid-completion.
+#[derive(Debug, Clone)]
+pub struct SlowComplete<St> {
+    inner: St,
+    delay: Duration,
+}
+
+impl<St> SlowComplete<St> {
+    /// Wraps `inner`.
+    pub fn new(inner: St, delay: Duration) -> Self {
+        Self { inner, delay }
+    }
+}
+
+impl<St: Store> Store for SlowComplete<St> {
+    async fn begin(
+        &self,
+        key: &StoreKey,
+        fingerprint: &Fingerprint,
+        lease: Duration,
+    ) -> Result<Begin, StoreError> {
+        self.inner.begin(key, fingerprint, lease).await
+    }
+
+    async fn complete(
+        &self,
+        key: &StoreKey,
+        token: LeaseToken,
+        result: Bytes,
+        ttl: Duration,
+    ) -> Result<(), StoreError> {
+        tokio::time::sleep(self.delay).await;
+        self.inner.complete(key, token, result, ttl).await
+    }
+
+    async fn release(&self, key: &StoreKey, token: LeaseToken) -> Result<(), StoreError> {
+        self.inner.release(key, token).await
+    }
+
+    async fn extend(
+        &self,
+        key: &StoreKey,
+        token: LeaseToken,
+        lease: Duration,
+    ) -> Result<(), StoreError> {
+        self.inner.extend(key, token, lease).await
+    }
+}

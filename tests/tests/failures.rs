@@ -111,3 +111,59 @@ async fn a_service_error_releases_the_key_and_reaches_the_caller() {
     assert_eq!(replay.headers()["idempotent-replayed"], "true");
     assert_eq!(calls.load(Ordering::SeqCst), 2);
 }
+
+#[tokio::test]
+async fn fail_open_never_reruns_an_operation_whose_record_is_corrupt() {
+    let store = Corrupting::new(MemoryStore::new(), b"\x07not a record");
+    let (router, counters) = routes();
+    let app = router.layer(IdempotencyLayer::new(store).fail_open(true));
+    send(&app, post_with("/payments", "k1", "{}")).await;
+    send(&app, post_with("/payments", "k1", "{}"))
+        .await
+        .assert_problem(503, "store-unavailable");
+    assert_eq!(counters.runs(), 1);
+}
+
+/// A response the store can never hold is kept as "completed, not stored": retries get 410 and
+/// never a second run, and no other record is evicted to try to make room.
+#[tokio::test]
+async fn a_response_too_large_for_the_store_is_kept_without_its_body() {
+    let store = MemoryStore::builder().max_bytes(16 * 1024).build();
+    let (router, counters) = routes();
+    let app = router.layer(IdempotencyLayer::new(store));
+    send(&app, post_with("/payments", "small", "{}")).await;
+    let huge = send(&app, post_with("/big/50000", "huge", "")).await;
+    assert_eq!(huge.body.len(), 50_000);
+    send(&app, post_with("/big/50000", "huge", ""))
+        .await
+        .assert_problem(410, "response-not-stored");
+    assert!(
+        send(&app, post_with("/payments", "small", "{}"))
+            .await
+            .replayed()
+    );
+    assert_eq!(counters.runs(), 2);
+}
+
+/// A call cancelled after its body returned Ok, while the result is being stored, still stores
+/// it: the next call gets the result, and the body ran once.
+#[tokio::test]
+async fn a_call_cancelled_while_storing_its_result_still_stores_it() {
+    use idempotency_layer::action::{Action, Fingerprint};
+    use tests::faults::SlowComplete;
+
+    let store = SlowComplete::new(MemoryStore::new(), std::time::Duration::from_millis(300));
+    let action = Action::new("cancelled-while-storing").store(store);
+    let runs = AtomicUsize::new(0);
+    let body =
+        || async { Ok::<_, idempotency_layer::Error>(runs.fetch_add(1, Ordering::SeqCst) + 1) };
+    let cancelled = tokio::time::timeout(
+        std::time::Duration::from_millis(100),
+        action.run("k", Fingerprint::of(""), body),
+    )
+    .await;
+    assert!(cancelled.is_err(), "cancelled while storing");
+    let run: usize = action.run("k", Fingerprint::of(""), body).await.unwrap();
+    assert_eq!(run, 1);
+    assert_eq!(runs.load(Ordering::SeqCst), 1);
+}

@@ -103,6 +103,32 @@ mod bounds {
         }
     }
 
+    /// However long the backlog of expired records, an expired record is absent at once: a
+    /// lapsed lease is claimed, a lapsed result is not replayed, another payload is no mismatch.
+    #[tokio::test(start_paused = true)]
+    async fn an_expired_record_is_absent_whatever_the_backlog() {
+        let store = MemoryStore::builder().shards(1).build();
+        let (a, b) = (Fingerprint::of("a"), Fingerprint::of("b"));
+        for n in 0..100 {
+            store
+                .begin(&key(n), &a, Duration::from_secs(1))
+                .await
+                .unwrap();
+            complete(&store, 1000 + n, b"r", Duration::from_secs(1)).await;
+        }
+        tokio::time::advance(Duration::from_secs(2)).await;
+        for n in 0..100 {
+            assert!(matches!(
+                store.begin(&key(n), &a, HOUR).await.unwrap(),
+                Begin::Acquired(_)
+            ));
+            assert!(matches!(
+                store.begin(&key(1000 + n), &b, HOUR).await.unwrap(),
+                Begin::Acquired(_)
+            ));
+        }
+    }
+
     #[tokio::test(start_paused = true)]
     async fn expired_records_are_dropped_without_a_thread_per_key() {
         let store = MemoryStore::builder().shards(1).build();

@@ -221,6 +221,13 @@ impl Entry {
         }
     }
 
+    /// Whether the record's lease or TTL has not run out.
+    fn is_live(&self, now: Instant) -> bool {
+        match self {
+            Entry::InProgress { expires, .. } | Entry::Completed { expires, .. } => *expires > now,
+        }
+    }
+
     fn live_lease(&self, now: Instant, token: LeaseToken) -> bool {
         matches!(self, Entry::InProgress { token: held, expires, .. } if *held == token && *expires > now)
     }
@@ -344,7 +351,7 @@ impl Inner {
     }
 
     fn try_charge(&self, entries: usize, bytes: usize) -> bool {
-        if self.entries.fetch_add(entries, Relaxed) + entries > self.max_entries {
+        if entries > 0 && self.entries.fetch_add(entries, Relaxed) + entries > self.max_entries {
             self.entries.fetch_sub(entries, Relaxed);
             return false;
         }
@@ -395,6 +402,11 @@ impl Inner {
     }
 }
 
+/// `now + duration`, for any duration: the longest ones are cut to a century.
+fn deadline(now: Instant, duration: Duration) -> Instant {
+    now + duration.min(crate::lease::LONGEST)
+}
+
 /// `op` of [`Inner::with_room`] could not charge its record to the budget.
 struct NeedRoom;
 
@@ -407,6 +419,15 @@ impl Store for MemoryStore {
     ) -> Result<Begin, StoreError> {
         let inner = &*self.inner;
         inner.with_room(key, |shard, digest, now| {
+            // The purge works off a bounded share of a backlog, so an expired record may still
+            // be here: it is as good as absent.
+            if shard
+                .map
+                .get(&digest)
+                .is_some_and(|entry| !entry.is_live(now))
+            {
+                shard.remove(&digest, inner);
+            }
             match shard.map.get(&digest) {
                 Some(Entry::Completed {
                     fingerprint: stored,
@@ -438,7 +459,7 @@ impl Store for MemoryStore {
                 return Err(NeedRoom);
             }
             let token = LeaseToken::random();
-            let expires = now + lease;
+            let expires = deadline(now, lease);
             shard.map.insert(
                 digest,
                 Entry::InProgress {
@@ -461,6 +482,12 @@ impl Store for MemoryStore {
         ttl: Duration,
     ) -> Result<(), StoreError> {
         let inner = &*self.inner;
+        if RECORD_OVERHEAD + result.len() > inner.max_bytes {
+            // Evicting everything else would not make room: refuse without evicting anything.
+            return Err(StoreError::Full(
+                "the result is larger than the store's max_bytes",
+            ));
+        }
         inner.with_room(key, |shard, digest, now| {
             let fingerprint = match shard.map.get(&digest) {
                 Some(Entry::InProgress {
@@ -474,7 +501,7 @@ impl Store for MemoryStore {
             if !shard.charge(inner, 0, result.len()) {
                 return Err(NeedRoom);
             }
-            let expires = now + ttl;
+            let expires = deadline(now, ttl);
             let previous = shard.map.insert(
                 digest,
                 Entry::Completed {
@@ -525,7 +552,7 @@ impl Store for MemoryStore {
                 expires,
                 ..
             }) if *held == token && *expires > now => {
-                *expires = now + lease;
+                *expires = deadline(now, lease);
                 let expires = *expires;
                 shard.leases.push(Reverse((expires, digest)));
                 Ok(())
@@ -539,7 +566,7 @@ impl Store for MemoryStore {
         let in_progress = |shard: &mut Shard, now| match shard.map.get_mut(&digest) {
             Some(Entry::InProgress {
                 expires, waiters, ..
-            }) => Some((
+            }) if *expires > now => Some((
                 waiters.get_or_insert_with(Default::default).clone(),
                 expires.saturating_duration_since(now),
             )),

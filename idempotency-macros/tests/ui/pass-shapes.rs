@@ -42,8 +42,40 @@ impl Mailer {
     }
 }
 
+trait Notifier {
+    async fn notify(&self, user: &str) -> Result<String, Error>;
+}
+
+struct Email;
+struct Sms;
+
+impl Notifier for Email {
+    #[idempotent(key = user)]
+    async fn notify(&self, user: &str) -> Result<String, Error> {
+        Ok("email".to_owned())
+    }
+}
+
+impl Notifier for Sms {
+    #[idempotent(key = user)]
+    async fn notify(&self, user: &str) -> Result<String, Error> {
+        Ok("sms".to_owned())
+    }
+}
+
+#[idempotent(key = "one key")]
+async fn type_of<T>() -> Result<String, Error> {
+    Ok(std::any::type_name::<T>().to_owned())
+}
+
 #[tokio::main]
 async fn main() {
+    // Two impls of one trait method, and two instances of one generic function, never share.
+    assert_eq!(Email.notify("u").await.unwrap(), "email");
+    assert_eq!(Sms.notify("u").await.unwrap(), "sms");
+    assert_eq!(type_of::<u8>().await.unwrap(), "u8");
+    assert_eq!(type_of::<u16>().await.unwrap(), "u16");
+
     for _ in 0..2 {
         assert_eq!(free(7, "note").await.unwrap(), "7:note");
         assert_eq!(generic("k", &3u8).await.unwrap(), vec![3]);
