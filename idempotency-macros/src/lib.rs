@@ -1,6 +1,30 @@
 //! The `#[idempotent]` attribute of `idempotency-layer`, which re-exports it (feature `macros`,
-//! on by default) and documents it with runnable examples: use it as
-//! `idempotency_layer::idempotent`.
+//! on by default): use it as `idempotency_layer::idempotent`. It makes a plain async function
+//! run once per key; later calls get the first result back.
+//!
+//! ```
+//! # extern crate idempotency as idempotency_layer;
+//! use std::sync::atomic::{AtomicUsize, Ordering};
+//! use idempotency_layer::{Error, idempotent};
+//!
+//! static CHARGED: AtomicUsize = AtomicUsize::new(0);
+//!
+//! #[idempotent(key = format!("order-{order_id}"), ttl = "24h", fingerprint = [amount])]
+//! async fn charge(order_id: u64, amount: u64) -> Result<u64, Error> {
+//!     CHARGED.fetch_add(1, Ordering::SeqCst); // the side effect that must not repeat
+//!     Ok(amount)
+//! }
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Error> {
+//! assert_eq!(charge(42, 1000).await?, 1000);
+//! assert_eq!(charge(42, 1000).await?, 1000); // the stored result; nothing charged
+//! assert!(matches!(charge(42, 2000).await, Err(Error::KeyReused)));
+//! assert_eq!(CHARGED.load(Ordering::SeqCst), 1);
+//! # Ok(()) }
+//! ```
+//!
+//! See [`idempotent`] for the arguments and the rules.
 
 mod args;
 mod expand;
