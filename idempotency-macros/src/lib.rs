@@ -46,8 +46,7 @@ use syn::{ItemFn, parse_macro_input};
 ///
 /// The function must be `async` and return `Result<T, E>` with
 /// `T: Serialize + DeserializeOwned` and `E: From<idempotency_layer::Error>`, written with both
-/// parameters (an alias such as `io::Result<T>` is not recognised: write `Result<T, io::Error>`,
-/// though `io::Error` lacks the `From` the macro needs, so wrap it in an error of your own). `Ok` is stored
+/// parameters: an alias with one, such as `anyhow::Result<T>`, is refused at compile time. `Ok` is stored
 /// and returned to every later call with the same key, without running the body; `Err`, a
 /// panic or a cancelled call releases the key, so a retry runs the body again. Free functions,
 /// `&self` methods and generic functions work; the signature, docs, attributes and visibility
