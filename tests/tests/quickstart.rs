@@ -112,3 +112,29 @@ async fn two_quickstarts_on_one_redis_are_one_service() {
     let executed = payments(a).await.len() + payments(b).await.len();
     assert_eq!(executed, 1, "one payment executed across both processes");
 }
+
+/// With `REDIS_CLUSTER_NODES`, the quickstart keeps its records in the Redis Cluster.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_quickstart_runs_on_a_redis_cluster() {
+    let cluster = tests::redis_server::RedisCluster::start();
+    let nodes = cluster.urls().join(",");
+    let (a, b) = (free_addr(), free_addr());
+    let _first = start_quickstart(a, &[("REDIS_CLUSTER_NODES", &nodes)]);
+    let _second = start_quickstart(b, &[("REDIS_CLUSTER_NODES", &nodes)]);
+    let created = post(a, "/payments", "order-9", PAYMENT).await;
+    assert_eq!(created.status, StatusCode::CREATED);
+    let replayed = post(b, "/payments", "order-9", PAYMENT).await;
+    assert!(replayed.replayed());
+    assert_eq!(replayed.json()["id"], created.json()["id"]);
+    let keys: usize = cluster
+        .nodes
+        .iter()
+        .map(|node| {
+            node.cmd(&["DBSIZE"])
+                .trim_start_matches(':')
+                .parse::<usize>()
+                .unwrap()
+        })
+        .sum();
+    assert_eq!(keys, 1, "one record in the cluster");
+}
