@@ -266,6 +266,22 @@ async fn wait_for_replicas_puts_the_record_on_the_replica_first() {
         );
     }
 
+    // The pipelined WAIT loads the script again after a SCRIPT FLUSH, like every other call.
+    assert_eq!(primary.cmd(&["SCRIPT", "FLUSH"]), "+OK");
+    let flushed = key("after-flush");
+    let Begin::Acquired(token) = store
+        .begin(&flushed, &Fingerprint::of(""), MINUTE)
+        .await
+        .unwrap()
+    else {
+        panic!("not acquired");
+    };
+    assert_eq!(primary.cmd(&["SCRIPT", "FLUSH"]), "+OK");
+    store
+        .complete(&flushed, token, Bytes::from_static(b"done"), MINUTE)
+        .await
+        .unwrap();
+
     replica.freeze();
     let key = key("unreplicated");
     let Begin::Acquired(token) = store
@@ -318,4 +334,43 @@ async fn store_prefixes_keep_stores_apart() {
         Begin::Acquired(_)
     ));
     assert!(a.redis_key(&key("k")).starts_with("a:t:"));
+}
+
+/// A completion retried by its own holder (its first reply was lost) is done, not refused; the
+/// completed record still refuses anyone else, and cannot be released.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retried_completion_is_recognised() {
+    let (store, _server) = redis_store().await;
+    let key = key("retried");
+    let Begin::Acquired(token) = store
+        .begin(&key, &Fingerprint::of(""), MINUTE)
+        .await
+        .unwrap()
+    else {
+        panic!("not acquired");
+    };
+    store
+        .complete(&key, token, Bytes::from_static(b"first"), MINUTE)
+        .await
+        .unwrap();
+    store
+        .complete(&key, token, Bytes::from_static(b"again"), MINUTE)
+        .await
+        .unwrap();
+    let stranger = idempotency_layer::store::LeaseToken::random();
+    assert!(matches!(
+        store.complete(&key, stranger, Bytes::new(), MINUTE).await,
+        Err(StoreError::LeaseLost)
+    ));
+    assert!(matches!(
+        store.release(&key, token).await,
+        Err(StoreError::LeaseLost)
+    ));
+    assert_eq!(
+        store
+            .begin(&key, &Fingerprint::of(""), MINUTE)
+            .await
+            .unwrap(),
+        Begin::Completed(Bytes::from_static(b"first"))
+    );
 }

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
-use redis::{Cmd, Pipeline, RedisFuture, Script, Value};
+use redis::{Cmd, ErrorKind, Pipeline, RedisError, RedisFuture, Script, ServerErrorKind, Value};
 
 use super::{Begin, Fingerprint, LeaseToken, Store, StoreError, StoreKey};
 
@@ -17,8 +17,8 @@ static FENCED: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("lua
 
 /// The record encoding's version byte; the scripts check it too.
 const VERSION: u8 = 1;
-/// Version, state, fingerprint: the head of every record.
-const HEAD_LEN: usize = 2 + 32;
+/// Version, state, fingerprint, lease token: the head of every record.
+const HEAD_LEN: usize = 2 + 32 + 16;
 
 /// Records in Redis (standalone, or Redis Cluster with the `cluster` feature), shared by every
 /// process that uses the same server and prefix.
@@ -42,8 +42,11 @@ const HEAD_LEN: usize = 2 + 32;
 ///
 /// ```text
 /// u8 version = 1, u8 state ('P' in progress | 'C' completed), [u8; 32] fingerprint,
-/// then 'P': [u8; 16] lease token; 'C': the result
+/// [u8; 16] lease token, then, once completed, the result
 /// ```
+///
+/// A completed record keeps its holder's token, so a completion retried after its reply was
+/// lost (a dropped connection) is recognised as done rather than refused.
 ///
 /// A record of another version or shape is a [`StoreError::Corrupt`], never a panic.
 ///
@@ -52,8 +55,9 @@ const HEAD_LEN: usize = 2 + 32;
 /// A primary that fails over before replicating a completed record forgets it, and a retry
 /// would run the operation again. [`RedisStoreBuilder::wait_for_replicas`] closes that window:
 /// `complete` then waits (`WAIT`) until that many replicas acknowledged the record, before the
-/// response is released. It costs one more round trip per first execution, and the latency of
-/// the slowest of those replicas.
+/// response is released. On a standalone server the `WAIT` is pipelined with the completion, so
+/// it costs no extra round trip, only the time those replicas take to acknowledge; on Redis
+/// Cluster it is one more round trip, to the node that owns the key.
 ///
 /// # Example
 ///
@@ -229,11 +233,49 @@ impl RedisStore {
             .invoke_async(&mut self.connection.clone())
             .await
             .map_err(StoreError::unavailable)?;
-        if done == 1 {
-            Ok(())
-        } else {
-            Err(StoreError::LeaseLost)
-        }
+        fenced_outcome(done)
+    }
+
+    /// Completion and its `WAIT` pipelined on one standalone connection: one round trip, and
+    /// the `WAIT` always counts the acknowledgements of this very write (a reconnect between
+    /// two separate commands could make it count a fresh connection's, none).
+    async fn complete_replicated(
+        &self,
+        manager: &ConnectionManager,
+        (required, timeout): (u32, Duration),
+        key: &StoreKey,
+        token: LeaseToken,
+        result: &[u8],
+        ttl: Duration,
+    ) -> Result<(), StoreError> {
+        let mut invocation = FENCED.key(self.redis_key(key));
+        invocation
+            .arg(&token.as_u128().to_be_bytes()[..])
+            .arg("complete")
+            .arg(result)
+            .arg(millis(ttl));
+        let mut pipeline = redis::pipe();
+        pipeline
+            .invoke_script(&invocation)
+            .cmd("WAIT")
+            .arg(required)
+            .arg(millis(timeout));
+        let mut connection = manager.clone();
+        let replies: Result<(i64, i64), RedisError> =
+            match pipeline.query_async(&mut connection).await {
+                // A pipeline does not load scripts by itself (after a restart or SCRIPT FLUSH).
+                Err(error) if error.kind() == ErrorKind::Server(ServerErrorKind::NoScript) => {
+                    invocation
+                        .load_async(&mut connection)
+                        .await
+                        .map_err(StoreError::unavailable)?;
+                    pipeline.query_async(&mut connection).await
+                }
+                replies => replies,
+            };
+        let (done, acknowledged) = replies.map_err(StoreError::unavailable)?;
+        fenced_outcome(done)?;
+        replicated(acknowledged, required)
     }
 
     /// `WAIT` for the configured replicas, on the connection (and, in a cluster, the node) that
@@ -257,22 +299,13 @@ impl RedisStore {
                         RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(route)),
                     )
                     .await
-                    .and_then(|value| {
-                        redis::from_redis_value(value).map_err(redis::RedisError::from)
-                    })
+                    .and_then(|value| redis::from_redis_value(value).map_err(RedisError::from))
             }
         }
         .map_err(StoreError::unavailable)?;
         #[cfg(not(feature = "cluster"))]
         let _ = redis_key;
-        if acknowledged >= i64::from(required) {
-            Ok(())
-        } else {
-            Err(StoreError::NotReplicated {
-                acknowledged: u32::try_from(acknowledged).unwrap_or(0),
-                required,
-            })
-        }
+        replicated(acknowledged, required)
     }
 }
 
@@ -291,11 +324,31 @@ impl fmt::Debug for RedisStore {
     }
 }
 
-/// Milliseconds for Redis: at least 1, since `PX 0` is an error.
+/// Milliseconds for Redis: at least 1, since `PX 0` is an error, and at most a century.
 fn millis(duration: Duration) -> u64 {
-    u64::try_from(duration.as_millis())
-        .unwrap_or(u64::MAX)
-        .max(1)
+    let millis = duration.min(crate::lease::LONGEST).as_millis();
+    u64::try_from(millis).unwrap_or(u64::MAX).max(1)
+}
+
+/// The reply of the fenced script: 1 done, 0 the lease is no longer the caller's.
+fn fenced_outcome(done: i64) -> Result<(), StoreError> {
+    if done == 1 {
+        Ok(())
+    } else {
+        Err(StoreError::LeaseLost)
+    }
+}
+
+/// The reply of `WAIT`, against the replicas required.
+fn replicated(acknowledged: i64, required: u32) -> Result<(), StoreError> {
+    if acknowledged >= i64::from(required) {
+        Ok(())
+    } else {
+        Err(StoreError::NotReplicated {
+            acknowledged: u32::try_from(acknowledged).unwrap_or(0),
+            required,
+        })
+    }
 }
 
 fn corrupt(what: impl Into<String>) -> StoreError {
@@ -310,11 +363,11 @@ impl Store for RedisStore {
         lease: Duration,
     ) -> Result<Begin, StoreError> {
         let token = LeaseToken::random();
-        let mut in_progress = [0; HEAD_LEN + 16];
+        let mut in_progress = [0; HEAD_LEN];
         in_progress[0] = VERSION;
         in_progress[1] = b'P';
-        in_progress[2..HEAD_LEN].copy_from_slice(fingerprint.as_bytes());
-        in_progress[HEAD_LEN..].copy_from_slice(&token.as_u128().to_be_bytes());
+        in_progress[2..34].copy_from_slice(fingerprint.as_bytes());
+        in_progress[34..].copy_from_slice(&token.as_u128().to_be_bytes());
         let reply: Vec<Value> = BEGIN
             .key(self.redis_key(key))
             .arg(&fingerprint.as_bytes()[..])
@@ -347,6 +400,12 @@ impl Store for RedisStore {
         result: Bytes,
         ttl: Duration,
     ) -> Result<(), StoreError> {
+        if let (Connection::Standalone(manager), Some(replicas)) = (&self.connection, self.replicas)
+        {
+            return self
+                .complete_replicated(manager, replicas, key, token, &result, ttl)
+                .await;
+        }
         self.fenced(key, token, |invocation| {
             invocation.arg("complete").arg(&result[..]).arg(millis(ttl));
         })

@@ -7,7 +7,7 @@ if not record then
   redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
   return {0}
 end
-if string.byte(record, 1) ~= 1 or string.len(record) < 34 then
+if string.byte(record, 1) ~= 1 or string.len(record) < 50 then
   return {4}
 end
 if string.sub(record, 3, 34) ~= ARGV[1] then

@@ -6,13 +6,25 @@
 --   'extend', ARGV[3] the new lease in milliseconds.
 -- Returns 1 done, 0 lease lost.
 local record = redis.call('GET', KEYS[1])
-if not (record and string.len(record) == 50 and string.sub(record, 1, 2) == '\1P'
+if not (record and string.len(record) >= 50 and string.byte(record, 1) == 1
     and string.sub(record, 35, 50) == ARGV[1]) then
   return 0
 end
 local operation = ARGV[2]
+local state = string.sub(record, 2, 2)
+if state == 'C' then
+  -- Completed by this very holder: a completion retried after its reply was lost is done.
+  if operation == 'complete' then
+    return 1
+  end
+  return 0
+end
+if state ~= 'P' or string.len(record) ~= 50 then
+  return 0
+end
 if operation == 'complete' then
-  redis.call('SET', KEYS[1], '\1C' .. string.sub(record, 3, 34) .. ARGV[3], 'PX', ARGV[4])
+  -- The completed record keeps the fingerprint and the token, then the result.
+  redis.call('SET', KEYS[1], '\1C' .. string.sub(record, 3, 50) .. ARGV[3], 'PX', ARGV[4])
 elseif operation == 'release' then
   redis.call('DEL', KEYS[1])
 elseif operation == 'extend' then
