@@ -64,12 +64,13 @@ fn named_by_connection(headers: &HeaderMap, name: &HeaderName) -> bool {
 /// Encodes a response head and body; hop-by-hop and framing headers are left out.
 pub(crate) fn encode(head: &response::Parts, body: &[u8], body_omitted: bool) -> Bytes {
     let has_connection = head.headers.contains_key(header::CONNECTION);
-    let kept = || {
-        head.headers.iter().filter(|(name, _)| {
-            !(is_hop_by_hop(name) || (has_connection && named_by_connection(&head.headers, name)))
-        })
-    };
-    let size: usize = kept().map(|(n, v)| 6 + n.as_str().len() + v.len()).sum();
+    // One pass over the headers: the buffer is sized for all of them (the few left out cost
+    // a few spare bytes), so it does not grow while they are written.
+    let size: usize = head
+        .headers
+        .iter()
+        .map(|(n, v)| 6 + n.as_str().len() + v.len())
+        .sum();
     let mut out = BytesMut::with_capacity(6 + size + body.len());
     out.put_u8(VERSION);
     out.put_u8(if body_omitted { FLAG_BODY_OMITTED } else { 0 });
@@ -77,7 +78,10 @@ pub(crate) fn encode(head: &response::Parts, body: &[u8], body_omitted: bool) ->
     let count_at = out.len();
     out.put_u16(0);
     let mut count: u16 = 0;
-    for (name, value) in kept() {
+    for (name, value) in &head.headers {
+        if is_hop_by_hop(name) || (has_connection && named_by_connection(&head.headers, name)) {
+            continue;
+        }
         // A response never has 65 536 headers; past that, the rest are not stored.
         let Some(next) = count.checked_add(1) else {
             break;
@@ -104,10 +108,11 @@ pub(crate) fn decode(bytes: Bytes) -> Result<StoredResponse, StoreError> {
     let status = StatusCode::from_u16(reader.u16()?)
         .map_err(|_| corrupt("invalid status code".to_owned()))?;
     let count = reader.u16()?;
-    let mut headers = HeaderMap::with_capacity(usize::from(count));
+    // One slot more than stored: a replay adds its `idempotent-replayed` marker.
+    let mut headers = HeaderMap::with_capacity(usize::from(count) + 1);
     for _ in 0..count {
         let len = usize::from(reader.u16()?);
-        let name = HeaderName::from_bytes(&reader.take(len)?)
+        let name = HeaderName::from_bytes(reader.slice(len)?)
             .map_err(|_| corrupt("invalid header name".to_owned()))?;
         let len = reader.u32()? as usize;
         let value = HeaderValue::from_maybe_shared(reader.take(len)?)
@@ -132,20 +137,28 @@ struct Reader {
 }
 
 impl Reader {
-    fn take(&mut self, len: usize) -> Result<Bytes, StoreError> {
-        let end = self
-            .at
+    /// The next `len` bytes, borrowed: reading integers and names this way spares the shared
+    /// buffer's reference count the increment and decrement of a [`Bytes`] handle.
+    fn slice(&mut self, len: usize) -> Result<&[u8], StoreError> {
+        let start = self.at;
+        let end = start
             .checked_add(len)
             .filter(|end| *end <= self.bytes.len())
             .ok_or_else(|| corrupt("record is truncated".to_owned()))?;
-        let slice = self.bytes.slice(self.at..end);
         self.at = end;
-        Ok(slice)
+        Ok(&self.bytes[start..end])
+    }
+
+    /// The next `len` bytes, sharing the record's buffer.
+    fn take(&mut self, len: usize) -> Result<Bytes, StoreError> {
+        let start = self.at;
+        self.slice(len)?;
+        Ok(self.bytes.slice(start..self.at))
     }
 
     fn array<const N: usize>(&mut self) -> Result<[u8; N], StoreError> {
         let mut out = [0; N];
-        out.copy_from_slice(&self.take(N)?);
+        out.copy_from_slice(self.slice(N)?);
         Ok(out)
     }
 

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use http::request::Parts;
-use http::{HeaderMap, HeaderValue, Request, Response, response};
+use http::{HeaderMap, HeaderName, HeaderValue, Request, Response, response};
 use http_body::Body;
 use tower_service::Service;
 
@@ -34,6 +34,9 @@ const RETRY_IN_FLIGHT: Duration = Duration::from_secs(1);
 
 /// The header that marks a replayed response.
 pub const IDEMPOTENT_REPLAYED: &str = "idempotent-replayed";
+
+/// [`IDEMPOTENT_REPLAYED`] as a header name made once, so that a replay does not parse it.
+const REPLAYED: HeaderName = HeaderName::from_static(IDEMPOTENT_REPLAYED);
 
 /// Middleware that adds `Idempotency-Key` handling to a service; made by
 /// [`IdempotencyLayer`]. See the [crate docs](crate).
@@ -314,7 +317,7 @@ fn replay<B>(record: Bytes, key: &StoreKey, fail_open: bool) -> Claim<B> {
     *response.headers_mut() = stored.headers;
     response
         .headers_mut()
-        .insert(IDEMPOTENT_REPLAYED, HeaderValue::from_static("true"));
+        .insert(REPLAYED, HeaderValue::from_static("true"));
     Claim::Answer(response)
 }
 
