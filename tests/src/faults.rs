@@ -1,4 +1,4 @@
-//! Stores that fail on purpose, for the layer's failure paths.
+//! A store that fails on purpose, for the failure paths of the layer and the actions.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -8,23 +8,41 @@ use bytes::Bytes;
 use idempotency_layer::key::{Fingerprint, StoreKey};
 use idempotency_layer::store::{Begin, LeaseToken, Store, StoreError};
 
-/// Wraps a store; while `down`, every operation fails as an unreachable backend would.
+/// Wraps a store and injects faults: an outage (while switched down, every operation fails as
+/// an unreachable backend would), corrupt results (every completed record holds garbage) and a
+/// slow `complete` (as a slow network would, so that a caller can be cancelled mid-completion).
 #[derive(Debug, Clone)]
-pub struct Switchable<St> {
+pub struct Faulty<St> {
     inner: St,
     down: Arc<AtomicBool>,
+    garbage: Option<Bytes>,
+    complete_delay: Duration,
 }
 
-impl<St> Switchable<St> {
-    /// Wraps `inner`, up.
+impl<St> Faulty<St> {
+    /// Wraps `inner`, up and without faults.
     pub fn new(inner: St) -> Self {
         Self {
             inner,
             down: Arc::default(),
+            garbage: None,
+            complete_delay: Duration::ZERO,
         }
     }
 
-    /// The switch: true takes the store down.
+    /// Stores `garbage` in place of every result, as a corrupted record would be.
+    pub fn corrupting(mut self, garbage: &'static [u8]) -> Self {
+        self.garbage = Some(Bytes::from_static(garbage));
+        self
+    }
+
+    /// Makes `complete` wait `delay` before it reaches the store.
+    pub fn slow_complete(mut self, delay: Duration) -> Self {
+        self.complete_delay = delay;
+        self
+    }
+
+    /// The outage switch: true takes the store down.
     pub fn switch(&self) -> Arc<AtomicBool> {
         self.down.clone()
     }
@@ -38,7 +56,7 @@ impl<St> Switchable<St> {
     }
 }
 
-impl<St: Store> Store for Switchable<St> {
+impl<St: Store> Store for Faulty<St> {
     async fn begin(
         &self,
         key: &StoreKey,
@@ -56,7 +74,9 @@ impl<St: Store> Store for Switchable<St> {
         result: Bytes,
         ttl: Duration,
     ) -> Result<(), StoreError> {
+        tokio::time::sleep(self.complete_delay).await;
         self.check()?;
+        let result = self.garbage.clone().unwrap_or(result);
         self.inner.complete(key, token, result, ttl).await
     }
 
@@ -72,109 +92,6 @@ impl<St: Store> Store for Switchable<St> {
         lease: Duration,
     ) -> Result<(), StoreError> {
         self.check()?;
-        self.inner.extend(key, token, lease).await
-    }
-}
-
-/// Wraps a store and stores `garbage` in place of every result, as a corrupted record would be.
-#[derive(Debug, Clone)]
-pub struct Corrupting<St> {
-    inner: St,
-    garbage: Bytes,
-}
-
-impl<St> Corrupting<St> {
-    /// Wraps `inner`; every completed record holds `garbage`.
-    pub fn new(inner: St, garbage: &'static [u8]) -> Self {
-        Self {
-            inner,
-            garbage: Bytes::from_static(garbage),
-        }
-    }
-}
-
-impl<St: Store> Store for Corrupting<St> {
-    async fn begin(
-        &self,
-        key: &StoreKey,
-        fingerprint: &Fingerprint,
-        lease: Duration,
-    ) -> Result<Begin, StoreError> {
-        self.inner.begin(key, fingerprint, lease).await
-    }
-
-    async fn complete(
-        &self,
-        key: &StoreKey,
-        token: LeaseToken,
-        _result: Bytes,
-        ttl: Duration,
-    ) -> Result<(), StoreError> {
-        self.inner
-            .complete(key, token, self.garbage.clone(), ttl)
-            .await
-    }
-
-    async fn release(&self, key: &StoreKey, token: LeaseToken) -> Result<(), StoreError> {
-        self.inner.release(key, token).await
-    }
-
-    async fn extend(
-        &self,
-        key: &StoreKey,
-        token: LeaseToken,
-        lease: Duration,
-    ) -> Result<(), StoreError> {
-        self.inner.extend(key, token, lease).await
-    }
-}
-
-/// Wraps a store; `complete` waits `delay` before it reaches the store, as a slow network
-/// would, so that a caller can be cancelled mid-completion.
-#[derive(Debug, Clone)]
-pub struct SlowComplete<St> {
-    inner: St,
-    delay: Duration,
-}
-
-impl<St> SlowComplete<St> {
-    /// Wraps `inner`.
-    pub fn new(inner: St, delay: Duration) -> Self {
-        Self { inner, delay }
-    }
-}
-
-impl<St: Store> Store for SlowComplete<St> {
-    async fn begin(
-        &self,
-        key: &StoreKey,
-        fingerprint: &Fingerprint,
-        lease: Duration,
-    ) -> Result<Begin, StoreError> {
-        self.inner.begin(key, fingerprint, lease).await
-    }
-
-    async fn complete(
-        &self,
-        key: &StoreKey,
-        token: LeaseToken,
-        result: Bytes,
-        ttl: Duration,
-    ) -> Result<(), StoreError> {
-        tokio::time::sleep(self.delay).await;
-        self.inner.complete(key, token, result, ttl).await
-    }
-
-    async fn release(&self, key: &StoreKey, token: LeaseToken) -> Result<(), StoreError> {
-        self.inner.release(key, token).await
-    }
-
-    async fn extend(
-        &self,
-        key: &StoreKey,
-        token: LeaseToken,
-        lease: Duration,
-    ) -> Result<(), StoreError> {
         self.inner.extend(key, token, lease).await
     }
 }

@@ -43,6 +43,18 @@ fn fp(payload: &str) -> Fingerprint {
     Fingerprint::of(payload)
 }
 
+/// Claims `key` with the empty fingerprint, or fails the test.
+pub async fn acquired<St: Store>(store: &St, key: &StoreKey, lease: Duration) -> LeaseToken {
+    match store
+        .begin(key, &Fingerprint::of(""), lease)
+        .await
+        .expect("begin")
+    {
+        Begin::Acquired(token) => token,
+        other => panic!("expected Acquired, got {other:?}"),
+    }
+}
+
 async fn acquire<St: Store>(store: &St, key: &StoreKey, lease: Duration) -> LeaseToken {
     match store.begin(key, &fp("a"), lease).await.expect("begin") {
         Begin::Acquired(token) => token,

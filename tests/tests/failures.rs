@@ -8,12 +8,12 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use idempotency_layer::{IdempotencyLayer, MemoryStore, RequestBody};
 use tests::app::{post_with, routes, send};
-use tests::faults::{Corrupting, Switchable};
+use tests::faults::Faulty;
 use tower::{Layer, ServiceExt, service_fn};
 
 #[tokio::test]
 async fn a_store_outage_is_503_with_retry_after_and_the_handler_does_not_run() {
-    let store = Switchable::new(MemoryStore::new());
+    let store = Faulty::new(MemoryStore::new());
     let switch = store.switch();
     let (router, counters) = routes();
     let app = router.layer(IdempotencyLayer::new(store));
@@ -30,7 +30,7 @@ async fn a_store_outage_is_503_with_retry_after_and_the_handler_does_not_run() {
 
 #[tokio::test]
 async fn fail_open_runs_the_handler_unprotected_during_an_outage() {
-    let store = Switchable::new(MemoryStore::new());
+    let store = Faulty::new(MemoryStore::new());
     store.switch().store(true, Ordering::SeqCst);
     let (router, counters) = routes();
     let app = router.layer(IdempotencyLayer::new(store).fail_open(true));
@@ -44,7 +44,7 @@ async fn fail_open_runs_the_handler_unprotected_during_an_outage() {
 
 #[tokio::test]
 async fn a_corrupt_record_is_503_not_a_crash_and_never_a_rerun() {
-    let store = Corrupting::new(MemoryStore::new(), b"\x07not a record");
+    let store = Faulty::new(MemoryStore::new()).corrupting(b"\x07not a record");
     let (router, counters) = routes();
     let app = router.layer(IdempotencyLayer::new(store));
     let first = send(&app, post_with("/payments", "k1", "{}")).await;
@@ -114,7 +114,7 @@ async fn a_service_error_releases_the_key_and_reaches_the_caller() {
 
 #[tokio::test]
 async fn fail_open_never_reruns_an_operation_whose_record_is_corrupt() {
-    let store = Corrupting::new(MemoryStore::new(), b"\x07not a record");
+    let store = Faulty::new(MemoryStore::new()).corrupting(b"\x07not a record");
     let (router, counters) = routes();
     let app = router.layer(IdempotencyLayer::new(store).fail_open(true));
     send(&app, post_with("/payments", "k1", "{}")).await;
@@ -150,9 +150,9 @@ async fn a_response_too_large_for_the_store_is_kept_without_its_body() {
 #[tokio::test]
 async fn a_call_cancelled_while_storing_its_result_still_stores_it() {
     use idempotency_layer::action::{Action, Fingerprint};
-    use tests::faults::SlowComplete;
 
-    let store = SlowComplete::new(MemoryStore::new(), std::time::Duration::from_millis(300));
+    let store =
+        Faulty::new(MemoryStore::new()).slow_complete(std::time::Duration::from_millis(300));
     let action = Action::new("cancelled-while-storing").store(store);
     let runs = AtomicUsize::new(0);
     let body =

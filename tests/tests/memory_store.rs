@@ -30,13 +30,7 @@ mod bounds {
     }
 
     async fn complete(store: &MemoryStore, n: usize, result: &[u8], ttl: Duration) {
-        let Begin::Acquired(token) = store
-            .begin(&key(n), &Fingerprint::of(""), HOUR)
-            .await
-            .unwrap()
-        else {
-            panic!("key {n} not acquired");
-        };
+        let token = tests::store_contract::acquired(store, &key(n), HOUR).await;
         store
             .complete(&key(n), token, Bytes::copy_from_slice(result), ttl)
             .await
@@ -153,19 +147,13 @@ async fn waiters_are_woken_by_the_completion() {
     use std::time::Duration;
 
     use bytes::Bytes;
-    use idempotency_layer::key::{Fingerprint, Scope, StoreKey};
-    use idempotency_layer::store::{Begin, Store};
+    use idempotency_layer::key::{Scope, StoreKey};
+    use idempotency_layer::store::Store;
 
     let store = MemoryStore::new();
     let key = StoreKey::derive(Arc::from("w:"), "wait", &Scope::global(), b"k");
     let lease = Duration::from_secs(60);
-    let Begin::Acquired(token) = store
-        .begin(&key, &Fingerprint::of(""), lease)
-        .await
-        .unwrap()
-    else {
-        panic!("not acquired");
-    };
+    let token = tests::store_contract::acquired(&store, &key, lease).await;
     let waiter = tokio::spawn({
         let (store, key) = (store.clone(), key.clone());
         async move {

@@ -27,13 +27,7 @@ async fn records_spread_over_every_node() {
     let minute = Duration::from_secs(60);
     for n in 0..60 {
         let key = StoreKey::derive(Arc::from("spread:"), "c", &Scope::global(), &[n]);
-        let Begin::Acquired(token) = store
-            .begin(&key, &Fingerprint::of(""), minute)
-            .await
-            .unwrap()
-        else {
-            panic!("key {n} not acquired");
-        };
+        let token = tests::store_contract::acquired(&store, &key, minute).await;
         store
             .complete(&key, token, bytes::Bytes::from(vec![n]), minute)
             .await

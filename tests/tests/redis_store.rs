@@ -248,13 +248,7 @@ async fn wait_for_replicas_puts_the_record_on_the_replica_first() {
         .unwrap();
     for n in 0..20 {
         let key = key(&format!("replicated-{n}"));
-        let Begin::Acquired(token) = store
-            .begin(&key, &Fingerprint::of(""), MINUTE)
-            .await
-            .unwrap()
-        else {
-            panic!("not acquired");
-        };
+        let token = tests::store_contract::acquired(&store, &key, MINUTE).await;
         store
             .complete(&key, token, Bytes::from_static(b"done"), MINUTE)
             .await
@@ -269,13 +263,7 @@ async fn wait_for_replicas_puts_the_record_on_the_replica_first() {
     // The pipelined WAIT loads the script again after a SCRIPT FLUSH, like every other call.
     assert_eq!(primary.cmd(&["SCRIPT", "FLUSH"]), "+OK");
     let flushed = key("after-flush");
-    let Begin::Acquired(token) = store
-        .begin(&flushed, &Fingerprint::of(""), MINUTE)
-        .await
-        .unwrap()
-    else {
-        panic!("not acquired");
-    };
+    let token = tests::store_contract::acquired(&store, &flushed, MINUTE).await;
     assert_eq!(primary.cmd(&["SCRIPT", "FLUSH"]), "+OK");
     store
         .complete(&flushed, token, Bytes::from_static(b"done"), MINUTE)
@@ -284,13 +272,7 @@ async fn wait_for_replicas_puts_the_record_on_the_replica_first() {
 
     replica.freeze();
     let key = key("unreplicated");
-    let Begin::Acquired(token) = store
-        .begin(&key, &Fingerprint::of(""), MINUTE)
-        .await
-        .unwrap()
-    else {
-        panic!("not acquired");
-    };
+    let token = tests::store_contract::acquired(&store, &key, MINUTE).await;
     let result = store
         .complete(&key, token, Bytes::from_static(b"done"), MINUTE)
         .await;
@@ -342,13 +324,7 @@ async fn store_prefixes_keep_stores_apart() {
 async fn a_retried_completion_is_recognised() {
     let (store, _server) = redis_store().await;
     let key = key("retried");
-    let Begin::Acquired(token) = store
-        .begin(&key, &Fingerprint::of(""), MINUTE)
-        .await
-        .unwrap()
-    else {
-        panic!("not acquired");
-    };
+    let token = tests::store_contract::acquired(&store, &key, MINUTE).await;
     store
         .complete(&key, token, Bytes::from_static(b"first"), MINUTE)
         .await
