@@ -55,8 +55,8 @@ use serde::de::DeserializeOwned;
 pub use crate::error::Error;
 pub use crate::key::Fingerprint;
 use crate::key::{FingerprintBuilder, Scope, StoreKey};
-use crate::lease;
-use crate::store::{Begin, LeaseToken, MemoryStore, SharedStore, Store, StoreError};
+use crate::lease::{self, Held, OnDrop, release};
+use crate::store::{Begin, MemoryStore, SharedStore, Store, StoreError};
 
 /// What a call does while another call runs the same key.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -246,12 +246,7 @@ impl<S: Store + Clone> Action<S> {
                 return Err(Error::InProgress { retry_after }.into());
             }
         };
-        let mut held = Held {
-            store: self.store.clone(),
-            key,
-            token,
-            on_drop: OnDrop::Release,
-        };
+        let mut held = Held::new(self.store.clone(), key, token);
         let outcome = lease::heartbeat(&self.store, &held.key, token, self.lease, body()).await;
         match &outcome {
             Ok(value) => match encode(value) {
@@ -318,61 +313,5 @@ fn decode<T: DeserializeOwned>(record: &[u8]) -> Result<T, Error> {
         _ => Err(Error::Store(StoreError::Corrupt(
             "a stored action result has an unknown version".to_owned(),
         ))),
-    }
-}
-
-async fn release<S: Store>(store: &S, key: &StoreKey, token: LeaseToken) {
-    if let Err(error) = store.release(key, token).await {
-        tracing::warn!(key = %key.short(), %error, "idempotent action: key not released");
-    }
-}
-
-/// What dropping a [`Held`] key does.
-enum OnDrop {
-    /// The body did not finish (a panic, a cancelled call): release the key.
-    Release,
-    /// The body returned `Ok` but the call was cancelled while storing: store the result.
-    Complete(Bytes, Duration),
-    /// The call finished normally.
-    Nothing,
-}
-
-/// The held key of a running call; dropped early, it releases the key or stores the result in
-/// a task of its own, as [`OnDrop`] says.
-struct Held<S: Store + Clone> {
-    store: S,
-    key: StoreKey,
-    token: LeaseToken,
-    on_drop: OnDrop,
-}
-
-impl<S: Store + Clone> Drop for Held<S> {
-    fn drop(&mut self) {
-        let on_drop = std::mem::replace(&mut self.on_drop, OnDrop::Nothing);
-        if matches!(on_drop, OnDrop::Nothing) {
-            return;
-        }
-        let (store, key, token) = (self.store.clone(), self.key.clone(), self.token);
-        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-            tracing::warn!(
-                key = %key.short(),
-                "idempotent action: cancelled outside a Tokio runtime; the key frees itself when its lease expires"
-            );
-            return;
-        };
-        match on_drop {
-            OnDrop::Complete(record, ttl) => {
-                runtime.spawn(async move {
-                    if let Err(error) = lease::complete(&store, &key, token, record, ttl).await {
-                        tracing::error!(key = %key.short(), %error, "idempotent action: result of a cancelled call not stored");
-                    }
-                });
-            }
-            OnDrop::Release => {
-                tracing::debug!(key = %key.short(), "idempotent action: cancelled or panicked; key released");
-                runtime.spawn(async move { release(&store, &key, token).await });
-            }
-            OnDrop::Nothing => {}
-        }
     }
 }

@@ -101,3 +101,73 @@ pub(crate) async fn heartbeat<St: Store, F: Future>(
         tick.as_mut().reset(Instant::now() + period);
     }
 }
+
+/// Releases the key, logging (not failing) when the store refuses: the caller has nothing
+/// better to do.
+pub(crate) async fn release<St: Store>(store: &St, key: &StoreKey, token: LeaseToken) {
+    if let Err(error) = store.release(key, token).await {
+        tracing::warn!(key = %key.short(), %error, "idempotency: key not released");
+    }
+}
+
+/// What dropping a [`Held`] key does.
+pub(crate) enum OnDrop {
+    /// The work did not finish (it panicked, or its caller was cancelled): release the key so
+    /// that a retry runs it, at once rather than after the lease.
+    Release,
+    /// The work finished but its caller was cancelled while storing the result: store it.
+    Complete(bytes::Bytes, Duration),
+    /// The caller saw the work through.
+    Nothing,
+}
+
+/// A held key; dropped before its holder set [`OnDrop::Nothing`], it releases the key or
+/// stores the result in a task of its own, as [`OnDrop`] says.
+pub(crate) struct Held<S: Store + Clone> {
+    pub(crate) store: S,
+    pub(crate) key: StoreKey,
+    pub(crate) token: LeaseToken,
+    pub(crate) on_drop: OnDrop,
+}
+
+impl<S: Store + Clone> Held<S> {
+    pub(crate) fn new(store: S, key: StoreKey, token: LeaseToken) -> Self {
+        Self {
+            store,
+            key,
+            token,
+            on_drop: OnDrop::Release,
+        }
+    }
+}
+
+impl<S: Store + Clone> Drop for Held<S> {
+    fn drop(&mut self) {
+        let on_drop = std::mem::replace(&mut self.on_drop, OnDrop::Nothing);
+        if matches!(on_drop, OnDrop::Nothing) {
+            return;
+        }
+        let (store, key, token) = (self.store.clone(), self.key.clone(), self.token);
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            tracing::warn!(
+                key = %key.short(),
+                "idempotency: work abandoned outside a Tokio runtime; the key frees itself when its lease expires"
+            );
+            return;
+        };
+        match on_drop {
+            OnDrop::Complete(record, ttl) => {
+                runtime.spawn(async move {
+                    if let Err(error) = complete(&store, &key, token, record, ttl).await {
+                        tracing::error!(key = %key.short(), %error, "idempotency: result of a cancelled call not stored");
+                    }
+                });
+            }
+            OnDrop::Release => {
+                tracing::debug!(key = %key.short(), "idempotency: work panicked or was cancelled; key released");
+                runtime.spawn(async move { release(&store, &key, token).await });
+            }
+            OnDrop::Nothing => {}
+        }
+    }
+}

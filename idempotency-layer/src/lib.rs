@@ -71,8 +71,9 @@
 //! default) that the layer extends every third of a lease while the handler runs, so a process
 //! that dies frees its keys after one lease, and a live one keeps them however long it runs.
 //!
-//! A client that disconnects does not cancel its handler: the layer keeps it running detached
-//! and stores its response. At shutdown, after the server stopped, await
+//! A handler that fails (a service error) or panics releases its key at once, so a retry runs
+//! it again. A client that disconnects does not cancel its handler: the layer keeps it running
+//! detached and stores its response. At shutdown, after the server stopped, await
 //! [`DetachedWork::drain`] (from [`IdempotencyLayer::detached`]) so that work finishes:
 //!
 //! ```no_run

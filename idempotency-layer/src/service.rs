@@ -18,7 +18,7 @@ use crate::error::{BoxError, StoreError};
 use crate::future::ResponseFuture;
 use crate::key::{self, Fingerprint, FingerprintFn, ScopeFn, StoreKey};
 use crate::layer::{DetachedWork, IdempotencyLayer, InFlight, Settings};
-use crate::lease;
+use crate::lease::{self, Held, OnDrop, release};
 use crate::problem::Problem;
 use crate::record;
 use crate::store::{Begin, LeaseToken, Store};
@@ -207,6 +207,9 @@ where
         }
     };
     let store = &*shared.store;
+    // Until the handler has answered, a panic (or the end of the runtime) releases the key, so
+    // that a retry runs at once rather than after the lease.
+    let mut held = Held::new(shared.store.clone(), key.clone(), token);
     let executed = lease::heartbeat(store, &key, token, settings.lease, async {
         let response = match inner.call(request).await {
             Ok(response) => response,
@@ -224,8 +227,12 @@ where
         }
     })
     .await;
+    if matches!(executed, Executed::Complete(..) | Executed::TooLarge(..)) {
+        // The operation ran: never release it, even if storing its result is cut short.
+        held.on_drop = OnDrop::Nothing;
+    }
 
-    match executed {
+    let answer = match executed {
         Executed::Complete(head, data, trailers) => {
             store_result(&shared, &key, token, &head, &data, false).await;
             Ok(Response::from_parts(
@@ -255,7 +262,9 @@ where
             release(store, &key, token).await;
             Err(error)
         }
-    }
+    };
+    held.on_drop = OnDrop::Nothing;
+    answer
 }
 
 #[expect(
@@ -377,12 +386,6 @@ async fn store_result<St: Store, Sc, Fp>(
             %error,
             "idempotency: response not stored; the key stays in progress until its lease expires"
         ),
-    }
-}
-
-async fn release<St: Store>(store: &St, key: &StoreKey, token: LeaseToken) {
-    if let Err(error) = store.release(key, token).await {
-        tracing::warn!(key = %key.short(), %error, "idempotency: key not released");
     }
 }
 

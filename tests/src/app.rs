@@ -70,7 +70,8 @@ impl Counters {
 /// - `POST /gated`: enters, waits at the gate, then 201;
 /// - `POST /sleep/{ms}`: enters, sleeps, then 201;
 /// - `POST /status/{code}`: answers `code`;
-/// - `POST /big/{bytes}`: answers 200 with a body of that many bytes.
+/// - `POST /big/{bytes}`: answers 200 with a body of that many bytes;
+/// - `POST /panic-once`: panics the first time it is called, then answers 201.
 pub fn routes() -> (Router, Arc<Counters>) {
     let counters = Arc::new(Counters::default());
     let router = Router::new()
@@ -79,6 +80,7 @@ pub fn routes() -> (Router, Arc<Counters>) {
         .route("/sleep/{ms}", post(sleep))
         .route("/status/{code}", post(status))
         .route("/big/{bytes}", post(big))
+        .route("/panic-once", post(panic_once))
         .with_state(counters.clone());
     (router, counters)
 }
@@ -121,6 +123,14 @@ async fn status(State(counters): State<Arc<Counters>>, Path(code): Path<u16>) ->
     let run = counters.run();
     let code = StatusCode::from_u16(code).expect("a valid status code");
     (code, format!("status {code} run {run}")).into_response()
+}
+
+async fn panic_once(State(counters): State<Arc<Counters>>) -> Response {
+    if counters.entered.fetch_add(1, Ordering::SeqCst) == 0 {
+        panic!("the first call panics");
+    }
+    let run = counters.run();
+    (StatusCode::CREATED, format!("{{\"run\":{run}}}")).into_response()
 }
 
 async fn big(State(counters): State<Arc<Counters>>, Path(bytes): Path<usize>) -> Response {

@@ -512,6 +512,33 @@ pub async fn fifty_concurrent_requests_run_the_handler_once<St: Store>(store: St
     server.shutdown().await;
 }
 
+/// A handler that panics releases its key: the retry runs at once, not after the lease.
+pub async fn a_panicking_handler_releases_its_key<St: Store>(store: St) {
+    let (app, counters) = app(IdempotencyLayer::new(store).lease(Duration::from_secs(60)));
+    let key = unique("panic");
+    let panicked = tokio::spawn({
+        let (app, key) = (app.clone(), key.clone());
+        async move { send(&app, post_with("/panic-once", &key, "{}")).await }
+    })
+    .await;
+    assert!(panicked.unwrap_err().is_panic());
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+    let reply = loop {
+        let reply = send(&app, post_with("/panic-once", &key, "{}")).await;
+        if reply.status != StatusCode::CONFLICT {
+            break reply;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the key was not released"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    assert_eq!(reply.status, StatusCode::CREATED);
+    assert!(!reply.replayed());
+    assert_eq!(counters.runs(), 1);
+}
+
 /// Generates one `#[tokio::test]` per HTTP-contract case for the store made by `$make`, an
 /// `async fn() -> (impl Store, Guard)`; the guard lives as long as the test.
 #[macro_export]
@@ -541,6 +568,7 @@ macro_rules! http_contract_suite {
             works_as_route_layer_and_in_service_builder,
             a_disconnected_client_does_not_cancel_the_handler,
             fifty_concurrent_requests_run_the_handler_once,
+            a_panicking_handler_releases_its_key,
         );
     };
     (@cases $make:path; $($case:ident),* $(,)?) => {
