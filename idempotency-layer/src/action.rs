@@ -56,7 +56,7 @@ pub use crate::error::Error;
 pub use crate::key::Fingerprint;
 use crate::key::{FingerprintBuilder, Scope, StoreKey};
 use crate::lease::{self, Held, OnDrop, release};
-use crate::store::{Begin, MemoryStore, SharedStore, Store, StoreError};
+use crate::store::{Begin, LeaseToken, MemoryStore, SharedStore, Store, StoreError};
 
 /// What a call does while another call runs the same key.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -228,25 +228,42 @@ impl<S: Store + Clone> Action<S> {
             InProgress::Wait(bound) => bound,
             InProgress::Fail => Duration::ZERO,
         };
-        let begun = lease::begin_or_wait(&self.store, &key, &fingerprint, self.lease, wait)
-            .await
-            .map_err(Error::Store)?;
-        let token = match begun {
-            Begin::Acquired(token) => token,
+        // The guard comes before the claim: a call cancelled while `begin` is on its way still
+        // frees the key it may just have claimed (a release under a token that claimed nothing
+        // changes nothing).
+        let token = LeaseToken::random();
+        let mut held = Held::new(self.store.clone(), key, token);
+        let key = &held.key;
+        let begun =
+            lease::begin_or_wait(&self.store, key, &fingerprint, token, self.lease, wait).await;
+        let begun = match begun {
+            Ok(begun) => begun,
+            Err(error) => {
+                // A claim whose reply was lost frees itself when its lease expires; a release
+                // now would only add load to a failing store.
+                held.on_drop = OnDrop::Nothing;
+                return Err(Error::Store(error).into());
+            }
+        };
+        let refused = match begun {
+            Begin::Acquired(_) => None,
             Begin::Completed(record) => {
                 tracing::debug!(key = %key.short(), namespace = %self.namespace, "idempotent action: replayed");
-                return decode(&record).map_err(E::from);
+                Some(decode(&record))
             }
             Begin::Mismatch => {
                 tracing::info!(key = %key.short(), namespace = %self.namespace, "idempotent action: key reused with other arguments");
-                return Err(Error::KeyReused.into());
+                Some(Err(Error::KeyReused))
             }
             Begin::InProgress { retry_after } => {
                 tracing::debug!(key = %key.short(), namespace = %self.namespace, "idempotent action: in progress elsewhere");
-                return Err(Error::InProgress { retry_after }.into());
+                Some(Err(Error::InProgress { retry_after }))
             }
         };
-        let mut held = Held::new(self.store.clone(), key, token);
+        if let Some(answer) = refused {
+            held.on_drop = OnDrop::Nothing;
+            return answer.map_err(E::from);
+        }
         let outcome = lease::heartbeat(&self.store, &held.key, token, self.lease, body()).await;
         match &outcome {
             Ok(value) => match encode(value) {

@@ -29,13 +29,14 @@ pub(crate) async fn begin_or_wait<St: Store>(
     store: &St,
     key: &StoreKey,
     fingerprint: &Fingerprint,
+    token: LeaseToken,
     lease: Duration,
     wait: Duration,
 ) -> Result<Begin, StoreError> {
     let mut deadline = None;
     let mut backoff = FIRST_POLL;
     loop {
-        let begun = store.begin(key, fingerprint, lease).await?;
+        let begun = store.begin(key, fingerprint, token, lease).await?;
         if !matches!(begun, Begin::InProgress { .. }) || wait.is_zero() {
             return Ok(begun);
         }

@@ -198,18 +198,21 @@ where
     };
     let fingerprint = shared.fingerprint.fingerprint(&parts, &body);
     let request = Request::from_parts(parts, RequestBody::buffered(body, trailers));
-    let token = match claim(&shared, &key, &fingerprint).await {
-        Claim::Acquired(token) => token,
+    // The guard comes before the claim, and until the handler has answered, dropping it
+    // releases the key: a panic, the end of the runtime, or a cancellation while `begin` is on
+    // its way. A retry then runs at once rather than after the lease. (A release under a token
+    // that claimed nothing changes nothing.)
+    let token = LeaseToken::random();
+    let mut held = Held::new(shared.store.clone(), key.clone(), token);
+    match claim(&shared, &key, &fingerprint, &mut held).await {
+        Claim::Acquired => {}
         Claim::Answer(response) => return Ok(response),
         Claim::Unprotected => {
             let response = inner.call(request).await?;
             return Ok(response.map(ResponseBody::stream));
         }
-    };
+    }
     let store = &*shared.store;
-    // Until the handler has answered, a panic (or the end of the runtime) releases the key, so
-    // that a retry runs at once rather than after the lease.
-    let mut held = Held::new(shared.store.clone(), key.clone(), token);
     let executed = lease::heartbeat(store, &key, token, settings.lease, async {
         let response = match inner.call(request).await {
             Ok(response) => response,
@@ -272,24 +275,40 @@ where
     reason = "lives for one step on the stack; boxing would cost every replay an allocation"
 )]
 enum Claim<B> {
-    Acquired(LeaseToken),
+    Acquired,
     Answer(Response<ResponseBody<B>>),
     /// The store failed and the layer fails open: run the handler without protection.
     Unprotected,
 }
 
+/// Claims `key` for `held`'s token; unless it did, `held` is disarmed. (Should the store fail
+/// after a claim landed, its reply lost, the key frees itself when the lease expires: a
+/// release now would only add load to a failing store.)
 async fn claim<St: Store, Sc, Fp, B>(
     shared: &Shared<St, Sc, Fp>,
     key: &StoreKey,
     fingerprint: &Fingerprint,
+    held: &mut Held<Arc<St>>,
 ) -> Claim<B> {
     let settings = &shared.settings;
     let wait = match settings.in_flight {
         InFlight::Conflict => Duration::ZERO,
         InFlight::Wait(bound) => bound,
     };
-    match lease::begin_or_wait(&*shared.store, key, fingerprint, settings.lease, wait).await {
-        Ok(Begin::Acquired(token)) => Claim::Acquired(token),
+    let begun = lease::begin_or_wait(
+        &*shared.store,
+        key,
+        fingerprint,
+        held.token,
+        settings.lease,
+        wait,
+    )
+    .await;
+    if !matches!(begun, Ok(Begin::Acquired(_))) {
+        held.on_drop = OnDrop::Nothing;
+    }
+    match begun {
+        Ok(Begin::Acquired(_)) => Claim::Acquired,
         Ok(Begin::Completed(record)) => replay(record, key, settings.fail_open),
         Ok(Begin::Mismatch) => {
             tracing::info!(key = %key.short(), "idempotency: key reused with another payload");

@@ -9,13 +9,15 @@ use idempotency_layer::key::{Fingerprint, StoreKey};
 use idempotency_layer::store::{Begin, LeaseToken, Store, StoreError};
 
 /// Wraps a store and injects faults: an outage (while switched down, every operation fails as
-/// an unreachable backend would), corrupt results (every completed record holds garbage) and a
-/// slow `complete` (as a slow network would, so that a caller can be cancelled mid-completion).
+/// an unreachable backend would), corrupt results (every completed record holds garbage), and
+/// slow replies to `begin` and `complete` (as a slow network would: the store has acted, the
+/// caller has not heard yet, and can be cancelled in between).
 #[derive(Debug, Clone)]
 pub struct Faulty<St> {
     inner: St,
     down: Arc<AtomicBool>,
     garbage: Option<Bytes>,
+    begin_delay: Duration,
     complete_delay: Duration,
 }
 
@@ -26,6 +28,7 @@ impl<St> Faulty<St> {
             inner,
             down: Arc::default(),
             garbage: None,
+            begin_delay: Duration::ZERO,
             complete_delay: Duration::ZERO,
         }
     }
@@ -33,6 +36,12 @@ impl<St> Faulty<St> {
     /// Stores `garbage` in place of every result, as a corrupted record would be.
     pub fn corrupting(mut self, garbage: &'static [u8]) -> Self {
         self.garbage = Some(Bytes::from_static(garbage));
+        self
+    }
+
+    /// Makes the reply to `begin` take `delay` after the store acted.
+    pub fn slow_begin(mut self, delay: Duration) -> Self {
+        self.begin_delay = delay;
         self
     }
 
@@ -61,10 +70,13 @@ impl<St: Store> Store for Faulty<St> {
         &self,
         key: &StoreKey,
         fingerprint: &Fingerprint,
+        token: LeaseToken,
         lease: Duration,
     ) -> Result<Begin, StoreError> {
         self.check()?;
-        self.inner.begin(key, fingerprint, lease).await
+        let begun = self.inner.begin(key, fingerprint, token, lease).await;
+        tokio::time::sleep(self.begin_delay).await;
+        begun
     }
 
     async fn complete(

@@ -46,7 +46,7 @@ fn fp(payload: &str) -> Fingerprint {
 /// Claims `key` with the empty fingerprint, or fails the test.
 pub async fn acquired<St: Store>(store: &St, key: &StoreKey, lease: Duration) -> LeaseToken {
     match store
-        .begin(key, &Fingerprint::of(""), lease)
+        .begin(key, &Fingerprint::of(""), LeaseToken::random(), lease)
         .await
         .expect("begin")
     {
@@ -56,7 +56,11 @@ pub async fn acquired<St: Store>(store: &St, key: &StoreKey, lease: Duration) ->
 }
 
 async fn acquire<St: Store>(store: &St, key: &StoreKey, lease: Duration) -> LeaseToken {
-    match store.begin(key, &fp("a"), lease).await.expect("begin") {
+    match store
+        .begin(key, &fp("a"), LeaseToken::random(), lease)
+        .await
+        .expect("begin")
+    {
         Begin::Acquired(token) => token,
         other => panic!("expected Acquired, got {other:?}"),
     }
@@ -67,7 +71,11 @@ async fn acquire<St: Store>(store: &St, key: &StoreKey, lease: Duration) -> Leas
 pub async fn claims_then_reports_in_progress<St: Store>(store: St) {
     let key = key("k");
     acquire(&store, &key, LONG).await;
-    match store.begin(&key, &fp("a"), LONG).await.unwrap() {
+    match store
+        .begin(&key, &fp("a"), LeaseToken::random(), LONG)
+        .await
+        .unwrap()
+    {
         Begin::InProgress { retry_after } => {
             assert!(
                 retry_after > Duration::ZERO && retry_after <= LONG,
@@ -88,7 +96,10 @@ pub async fn completed_key_returns_its_result<St: Store>(store: St) {
         .unwrap();
     for _ in 0..3 {
         assert_eq!(
-            store.begin(&key, &fp("a"), LONG).await.unwrap(),
+            store
+                .begin(&key, &fp("a"), LeaseToken::random(), LONG)
+                .await
+                .unwrap(),
             Begin::Completed(Bytes::from_static(b"result"))
         );
     }
@@ -99,7 +110,10 @@ pub async fn another_payload_is_a_mismatch<St: Store>(store: St) {
     let key = key("k");
     let token = acquire(&store, &key, LONG).await;
     assert_eq!(
-        store.begin(&key, &fp("b"), LONG).await.unwrap(),
+        store
+            .begin(&key, &fp("b"), LeaseToken::random(), LONG)
+            .await
+            .unwrap(),
         Begin::Mismatch
     );
     store
@@ -107,7 +121,10 @@ pub async fn another_payload_is_a_mismatch<St: Store>(store: St) {
         .await
         .unwrap();
     assert_eq!(
-        store.begin(&key, &fp("b"), LONG).await.unwrap(),
+        store
+            .begin(&key, &fp("b"), LeaseToken::random(), LONG)
+            .await
+            .unwrap(),
         Begin::Mismatch
     );
 }
@@ -144,7 +161,10 @@ pub async fn a_wrong_token_is_refused<St: Store>(store: St) {
         .await
         .unwrap();
     assert_eq!(
-        store.begin(&key, &fp("a"), LONG).await.unwrap(),
+        store
+            .begin(&key, &fp("a"), LeaseToken::random(), LONG)
+            .await
+            .unwrap(),
         Begin::Completed(Bytes::from_static(b"mine"))
     );
 }
@@ -189,7 +209,10 @@ pub async fn a_stale_holder_is_fenced<St: Store>(store: St) {
         Err(StoreError::LeaseLost)
     ));
     assert!(matches!(
-        store.begin(&key, &fp("a"), LONG).await.unwrap(),
+        store
+            .begin(&key, &fp("a"), LeaseToken::random(), LONG)
+            .await
+            .unwrap(),
         Begin::InProgress { .. }
     ));
     store
@@ -197,7 +220,10 @@ pub async fn a_stale_holder_is_fenced<St: Store>(store: St) {
         .await
         .unwrap();
     assert_eq!(
-        store.begin(&key, &fp("a"), LONG).await.unwrap(),
+        store
+            .begin(&key, &fp("a"), LeaseToken::random(), LONG)
+            .await
+            .unwrap(),
         Begin::Completed(Bytes::from_static(b"current"))
     );
 }
@@ -224,7 +250,10 @@ pub async fn extend_keeps_the_lease<St: Store>(store: St) {
         store.extend(&key, token, lease).await.unwrap();
     }
     assert!(matches!(
-        store.begin(&key, &fp("a"), lease).await.unwrap(),
+        store
+            .begin(&key, &fp("a"), LeaseToken::random(), lease)
+            .await
+            .unwrap(),
         Begin::InProgress { .. }
     ));
     store
@@ -247,7 +276,10 @@ pub async fn completed_records_expire<St: Store>(store: St) {
         .await
         .unwrap();
     assert!(matches!(
-        store.begin(&key, &fp("a"), LONG).await.unwrap(),
+        store
+            .begin(&key, &fp("a"), LeaseToken::random(), LONG)
+            .await
+            .unwrap(),
         Begin::Completed(_)
     ));
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -261,7 +293,12 @@ pub async fn concurrent_claims_have_one_winner<St: Store>(store: St) {
     let tasks: Vec<_> = (0..64)
         .map(|_| {
             let (store, key) = (store.clone(), key.clone());
-            tokio::spawn(async move { store.begin(&key, &fp("a"), LONG).await.unwrap() })
+            tokio::spawn(async move {
+                store
+                    .begin(&key, &fp("a"), LeaseToken::random(), LONG)
+                    .await
+                    .unwrap()
+            })
         })
         .collect();
     let mut acquired = 0;
@@ -286,7 +323,10 @@ pub async fn keys_are_independent<St: Store>(store: St) {
     let in_b = acquire(&store, &b, LONG).await;
     store.release(&b, in_b).await.unwrap();
     assert_eq!(
-        store.begin(&a, &fp("a"), LONG).await.unwrap(),
+        store
+            .begin(&a, &fp("a"), LeaseToken::random(), LONG)
+            .await
+            .unwrap(),
         Begin::Completed(Bytes::from_static(b"a"))
     );
 }
@@ -301,7 +341,11 @@ pub async fn a_waiter_sees_the_completion<St: Store>(store: St) {
         let (store, key) = (store.clone(), key.clone());
         tokio::spawn(tokio::time::timeout(Duration::from_secs(10), async move {
             loop {
-                match store.begin(&key, &fp("a"), LONG).await.unwrap() {
+                match store
+                    .begin(&key, &fp("a"), LeaseToken::random(), LONG)
+                    .await
+                    .unwrap()
+                {
                     Begin::Completed(result) => return result,
                     Begin::InProgress { .. } => {
                         store.wait(&key, Duration::from_millis(100)).await.unwrap();

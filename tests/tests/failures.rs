@@ -167,3 +167,41 @@ async fn a_call_cancelled_while_storing_its_result_still_stores_it() {
     assert_eq!(run, 1);
     assert_eq!(runs.load(Ordering::SeqCst), 1);
 }
+
+/// A call cancelled while the reply to its claim is on its way releases the key it claimed:
+/// the next call runs at once, not after the lease.
+#[tokio::test]
+async fn a_call_cancelled_during_its_claim_releases_the_key() {
+    use idempotency_layer::action::{Action, Fingerprint, InProgress};
+
+    let store = Faulty::new(MemoryStore::new()).slow_begin(std::time::Duration::from_millis(300));
+    let action = Action::new("cancelled-while-claiming")
+        .store(store)
+        .lease(std::time::Duration::from_secs(60))
+        .in_progress(InProgress::Fail);
+    let runs = AtomicUsize::new(0);
+    let body =
+        || async { Ok::<_, idempotency_layer::Error>(runs.fetch_add(1, Ordering::SeqCst) + 1) };
+    let cancelled = tokio::time::timeout(
+        std::time::Duration::from_millis(50),
+        action.run("k", Fingerprint::of(""), body),
+    )
+    .await;
+    assert!(cancelled.is_err(), "cancelled while claiming");
+    assert_eq!(runs.load(Ordering::SeqCst), 0);
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
+    let run: usize = loop {
+        match action.run("k", Fingerprint::of(""), body).await {
+            Ok(run) => break run,
+            Err(idempotency_layer::Error::InProgress { .. }) => {
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "the key was not released"
+                );
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            }
+            Err(other) => panic!("{other}"),
+        }
+    };
+    assert_eq!(run, 1);
+}

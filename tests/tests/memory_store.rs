@@ -16,7 +16,7 @@ mod bounds {
     use bytes::Bytes;
     use idempotency_layer::MemoryStore;
     use idempotency_layer::key::{Fingerprint, Scope, StoreKey};
-    use idempotency_layer::store::{Begin, Store, StoreError};
+    use idempotency_layer::store::{Begin, LeaseToken, Store, StoreError};
 
     const HOUR: Duration = Duration::from_secs(3600);
 
@@ -47,16 +47,25 @@ mod bounds {
         assert_eq!(store.len(), 4);
         let fp = Fingerprint::of("");
         assert!(matches!(
-            store.begin(&key(1), &fp, HOUR).await.unwrap(),
+            store
+                .begin(&key(1), &fp, LeaseToken::random(), HOUR)
+                .await
+                .unwrap(),
             Begin::Completed(_)
         ));
         assert!(matches!(
-            store.begin(&key(4), &fp, HOUR).await.unwrap(),
+            store
+                .begin(&key(4), &fp, LeaseToken::random(), HOUR)
+                .await
+                .unwrap(),
             Begin::Completed(_)
         ));
         // Key 0 expired soonest, so it went: it is claimed afresh (and that evicts key 1).
         assert!(matches!(
-            store.begin(&key(0), &fp, HOUR).await.unwrap(),
+            store
+                .begin(&key(0), &fp, LeaseToken::random(), HOUR)
+                .await
+                .unwrap(),
             Begin::Acquired(_)
         ));
         assert_eq!(store.len(), 4);
@@ -81,17 +90,23 @@ mod bounds {
         let fp = Fingerprint::of("");
         for n in 0..3 {
             assert!(matches!(
-                store.begin(&key(n), &fp, HOUR).await.unwrap(),
+                store
+                    .begin(&key(n), &fp, LeaseToken::random(), HOUR)
+                    .await
+                    .unwrap(),
                 Begin::Acquired(_)
             ));
         }
         assert!(matches!(
-            store.begin(&key(3), &fp, HOUR).await,
+            store.begin(&key(3), &fp, LeaseToken::random(), HOUR).await,
             Err(StoreError::Full(_))
         ));
         for n in 0..3 {
             assert!(matches!(
-                store.begin(&key(n), &fp, HOUR).await.unwrap(),
+                store
+                    .begin(&key(n), &fp, LeaseToken::random(), HOUR)
+                    .await
+                    .unwrap(),
                 Begin::InProgress { .. }
             ));
         }
@@ -105,7 +120,7 @@ mod bounds {
         let (a, b) = (Fingerprint::of("a"), Fingerprint::of("b"));
         for n in 0..100 {
             store
-                .begin(&key(n), &a, Duration::from_secs(1))
+                .begin(&key(n), &a, LeaseToken::random(), Duration::from_secs(1))
                 .await
                 .unwrap();
             complete(&store, 1000 + n, b"r", Duration::from_secs(1)).await;
@@ -113,11 +128,17 @@ mod bounds {
         tokio::time::advance(Duration::from_secs(2)).await;
         for n in 0..100 {
             assert!(matches!(
-                store.begin(&key(n), &a, HOUR).await.unwrap(),
+                store
+                    .begin(&key(n), &a, LeaseToken::random(), HOUR)
+                    .await
+                    .unwrap(),
                 Begin::Acquired(_)
             ));
             assert!(matches!(
-                store.begin(&key(1000 + n), &b, HOUR).await.unwrap(),
+                store
+                    .begin(&key(1000 + n), &b, LeaseToken::random(), HOUR)
+                    .await
+                    .unwrap(),
                 Begin::Acquired(_)
             ));
         }

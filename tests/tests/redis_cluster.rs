@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use idempotency_layer::key::{Fingerprint, Scope, StoreKey};
-use idempotency_layer::store::{Begin, RedisStore, Store};
+use idempotency_layer::store::{Begin, LeaseToken, RedisStore, Store};
 use tests::redis_server::RedisCluster;
 
 async fn cluster_store() -> (RedisStore, RedisCluster) {
@@ -34,7 +34,7 @@ async fn records_spread_over_every_node() {
             .unwrap();
         assert_eq!(
             store
-                .begin(&key, &Fingerprint::of(""), minute)
+                .begin(&key, &Fingerprint::of(""), LeaseToken::random(), minute)
                 .await
                 .unwrap(),
             Begin::Completed(bytes::Bytes::from(vec![n]))

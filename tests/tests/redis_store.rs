@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use idempotency_layer::IdempotencyLayer;
 use idempotency_layer::key::{Fingerprint, Scope, StoreKey};
-use idempotency_layer::store::{Begin, RedisStore, Store, StoreError};
+use idempotency_layer::store::{Begin, LeaseToken, RedisStore, Store, StoreError};
 use tests::app::{post_with, routes, send};
 use tests::redis_server::RedisServer;
 
@@ -74,13 +74,28 @@ async fn round_trips_are_two_one_one() {
 async fn the_store_survives_a_restart_and_reloads_its_scripts() {
     let (store, mut server) = redis_store().await;
     assert!(matches!(
-        store.begin(&key("a"), &Fingerprint::of(""), MINUTE).await,
+        store
+            .begin(
+                &key("a"),
+                &Fingerprint::of(""),
+                LeaseToken::random(),
+                MINUTE
+            )
+            .await,
         Ok(Begin::Acquired(_))
     ));
     server.restart();
     let deadline = Instant::now() + Duration::from_secs(10);
     let token = loop {
-        match store.begin(&key("a"), &Fingerprint::of(""), MINUTE).await {
+        match store
+            .begin(
+                &key("a"),
+                &Fingerprint::of(""),
+                LeaseToken::random(),
+                MINUTE,
+            )
+            .await
+        {
             Ok(Begin::Acquired(token)) => break token,
             Ok(other) => panic!("the restarted server is empty, yet {other:?}"),
             Err(error) => {
@@ -100,7 +115,12 @@ async fn the_store_survives_a_restart_and_reloads_its_scripts() {
 async fn scripts_reload_after_script_flush() {
     let (store, server) = redis_store().await;
     let token = match store
-        .begin(&key("a"), &Fingerprint::of(""), MINUTE)
+        .begin(
+            &key("a"),
+            &Fingerprint::of(""),
+            LeaseToken::random(),
+            MINUTE,
+        )
         .await
         .unwrap()
     {
@@ -115,7 +135,12 @@ async fn scripts_reload_after_script_flush() {
     assert_eq!(server.cmd(&["SCRIPT", "FLUSH"]), "+OK");
     assert_eq!(
         store
-            .begin(&key("a"), &Fingerprint::of(""), MINUTE)
+            .begin(
+                &key("a"),
+                &Fingerprint::of(""),
+                LeaseToken::random(),
+                MINUTE
+            )
             .await
             .unwrap(),
         Begin::Completed(Bytes::from_static(b"r"))
@@ -128,12 +153,24 @@ async fn scripts_reload_after_script_flush() {
 async fn an_unresponsive_server_is_an_error_not_a_hang() {
     let (store, server) = redis_store().await;
     store
-        .begin(&key("warm"), &Fingerprint::of(""), MINUTE)
+        .begin(
+            &key("warm"),
+            &Fingerprint::of(""),
+            LeaseToken::random(),
+            MINUTE,
+        )
         .await
         .unwrap();
     server.freeze();
     let started = Instant::now();
-    let result = store.begin(&key("a"), &Fingerprint::of(""), MINUTE).await;
+    let result = store
+        .begin(
+            &key("a"),
+            &Fingerprint::of(""),
+            LeaseToken::random(),
+            MINUTE,
+        )
+        .await;
     let took = started.elapsed();
     server.thaw();
     assert!(
@@ -146,7 +183,12 @@ async fn an_unresponsive_server_is_an_error_not_a_hang() {
     );
     let deadline = Instant::now() + Duration::from_secs(10);
     while store
-        .begin(&key("b"), &Fingerprint::of(""), MINUTE)
+        .begin(
+            &key("b"),
+            &Fingerprint::of(""),
+            LeaseToken::random(),
+            MINUTE,
+        )
         .await
         .is_err()
     {
@@ -196,7 +238,12 @@ async fn corrupt_records_are_errors() {
         let redis_key = store.redis_key(&key(garbage));
         assert_eq!(server.cmd(&["SET", &redis_key, garbage]), "+OK");
         let result = store
-            .begin(&key(garbage), &Fingerprint::of(""), MINUTE)
+            .begin(
+                &key(garbage),
+                &Fingerprint::of(""),
+                LeaseToken::random(),
+                MINUTE,
+            )
             .await;
         assert!(
             matches!(result, Err(StoreError::Corrupt(_))),
@@ -304,15 +351,25 @@ async fn store_prefixes_keep_stores_apart() {
         .await
         .unwrap();
     assert!(matches!(
-        a.begin(&key("k"), &Fingerprint::of(""), MINUTE)
-            .await
-            .unwrap(),
+        a.begin(
+            &key("k"),
+            &Fingerprint::of(""),
+            LeaseToken::random(),
+            MINUTE
+        )
+        .await
+        .unwrap(),
         Begin::Acquired(_)
     ));
     assert!(matches!(
-        b.begin(&key("k"), &Fingerprint::of(""), MINUTE)
-            .await
-            .unwrap(),
+        b.begin(
+            &key("k"),
+            &Fingerprint::of(""),
+            LeaseToken::random(),
+            MINUTE
+        )
+        .await
+        .unwrap(),
         Begin::Acquired(_)
     ));
     assert!(a.redis_key(&key("k")).starts_with("a:t:"));
@@ -333,7 +390,7 @@ async fn a_retried_completion_is_recognised() {
         .complete(&key, token, Bytes::from_static(b"again"), MINUTE)
         .await
         .unwrap();
-    let stranger = idempotency_layer::store::LeaseToken::random();
+    let stranger = LeaseToken::random();
     assert!(matches!(
         store.complete(&key, stranger, Bytes::new(), MINUTE).await,
         Err(StoreError::LeaseLost)
@@ -344,7 +401,7 @@ async fn a_retried_completion_is_recognised() {
     ));
     assert_eq!(
         store
-            .begin(&key, &Fingerprint::of(""), MINUTE)
+            .begin(&key, &Fingerprint::of(""), LeaseToken::random(), MINUTE)
             .await
             .unwrap(),
         Begin::Completed(Bytes::from_static(b"first"))

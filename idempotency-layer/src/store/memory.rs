@@ -415,6 +415,7 @@ impl Store for MemoryStore {
         &self,
         key: &StoreKey,
         fingerprint: &Fingerprint,
+        token: LeaseToken,
         lease: Duration,
     ) -> Result<Begin, StoreError> {
         let inner = &*self.inner;
@@ -458,7 +459,6 @@ impl Store for MemoryStore {
             if !shard.charge(inner, 1, RECORD_OVERHEAD) {
                 return Err(NeedRoom);
             }
-            let token = LeaseToken::random();
             let expires = deadline(now, lease);
             shard.map.insert(
                 digest,

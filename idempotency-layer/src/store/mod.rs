@@ -59,8 +59,8 @@ impl LeaseToken {
 /// What [`Store::begin`] found.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Begin {
-    /// The key was absent (or its lease had expired): the caller now holds the lease and runs
-    /// the operation.
+    /// The key was absent (or its lease had expired): the holder of this token (the one given
+    /// to `begin`) now holds the lease and runs the operation.
     Acquired(LeaseToken),
     /// Another caller holds the lease; it expires in `retry_after` at the latest.
     InProgress {
@@ -77,11 +77,17 @@ pub enum Begin {
 ///
 /// All methods take `&self`: a store is shared by every request of a process.
 pub trait Store: Send + Sync + 'static {
-    /// Claims `key` for the caller with a lease of `lease`, or reports what is there.
+    /// Claims `key` for the holder of `token` with a lease of `lease`, or reports what is
+    /// there.
+    ///
+    /// The caller makes the token ([`LeaseToken::random`]) before the call, so that it can
+    /// release the key even if it is cancelled while `begin` is on its way: a release with a
+    /// token that never acquired the key is refused and changes nothing.
     fn begin(
         &self,
         key: &StoreKey,
         fingerprint: &Fingerprint,
+        token: LeaseToken,
         lease: Duration,
     ) -> impl Future<Output = Result<Begin, StoreError>> + Send;
 
@@ -133,9 +139,10 @@ impl<S: Store> Store for Arc<S> {
         &self,
         key: &StoreKey,
         fingerprint: &Fingerprint,
+        token: LeaseToken,
         lease: Duration,
     ) -> impl Future<Output = Result<Begin, StoreError>> + Send {
-        S::begin(self, key, fingerprint, lease)
+        S::begin(self, key, fingerprint, token, lease)
     }
 
     fn complete(
@@ -182,6 +189,7 @@ trait ErasedStore: Send + Sync + 'static {
         &'a self,
         key: &'a StoreKey,
         fingerprint: &'a Fingerprint,
+        token: LeaseToken,
         lease: Duration,
     ) -> BoxFuture<'a, Result<Begin, StoreError>>;
     fn complete<'a>(
@@ -214,9 +222,10 @@ impl<S: Store> ErasedStore for S {
         &'a self,
         key: &'a StoreKey,
         fingerprint: &'a Fingerprint,
+        token: LeaseToken,
         lease: Duration,
     ) -> BoxFuture<'a, Result<Begin, StoreError>> {
-        Box::pin(Store::begin(self, key, fingerprint, lease))
+        Box::pin(Store::begin(self, key, fingerprint, token, lease))
     }
 
     fn complete<'a>(
@@ -287,9 +296,10 @@ impl Store for SharedStore {
         &self,
         key: &StoreKey,
         fingerprint: &Fingerprint,
+        token: LeaseToken,
         lease: Duration,
     ) -> Result<Begin, StoreError> {
-        self.0.begin(key, fingerprint, lease).await
+        self.0.begin(key, fingerprint, token, lease).await
     }
 
     async fn complete(

@@ -360,9 +360,9 @@ impl Store for RedisStore {
         &self,
         key: &StoreKey,
         fingerprint: &Fingerprint,
+        token: LeaseToken,
         lease: Duration,
     ) -> Result<Begin, StoreError> {
-        let token = LeaseToken::random();
         let mut in_progress = [0; HEAD_LEN];
         in_progress[0] = VERSION;
         in_progress[1] = b'P';

@@ -14,7 +14,10 @@ local operation = ARGV[2]
 local state = string.sub(record, 2, 2)
 if state == 'C' then
   -- Completed by this very holder: a completion retried after its reply was lost is done.
+  -- It still writes (the TTL again), so that a WAIT after it, perhaps on a new connection,
+  -- waits for a write that replicas must acknowledge rather than returning at once.
   if operation == 'complete' then
+    redis.call('PEXPIRE', KEYS[1], ARGV[4])
     return 1
   end
   return 0
