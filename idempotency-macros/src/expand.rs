@@ -113,8 +113,8 @@ pub(crate) fn expand(args: Args, function: ItemFn) -> syn::Result<TokenStream> {
 }
 
 /// The module path and the function's name; for a method, also the type of `Self`, and for a
-/// generic function the type of each type parameter, so that two impls of one trait method, or
-/// two instances of one generic function, never share keys.
+/// generic function the type (or value) of each type, const and `impl Trait` parameter, so that
+/// two impls of one trait method, or two instances of one generic function, never share keys.
 fn default_namespace(sig: &Signature) -> TokenStream {
     let name = sig.ident.to_string();
     let path = quote!(::core::concat!(::core::module_path!(), "::", #name));
@@ -125,6 +125,20 @@ fn default_namespace(sig: &Signature) -> TokenStream {
     for param in sig.generics.type_params() {
         let ident = &param.ident;
         types.push(quote!(::core::any::type_name::<#ident>()));
+    }
+    for param in sig.generics.const_params() {
+        let ident = &param.ident;
+        types.push(quote!(&::std::string::ToString::to_string(&#ident)));
+    }
+    // `impl Trait` parameters are anonymous type parameters: name them by their values' types.
+    for input in &sig.inputs {
+        if let FnArg::Typed(typed) = input
+            && let Type::ImplTrait(_) = &*typed.ty
+            && let Pat::Ident(ident) = &*typed.pat
+        {
+            let ident = &ident.ident;
+            types.push(quote!(::core::any::type_name_of_val(&#ident)));
+        }
     }
     if types.is_empty() {
         return path;

@@ -58,7 +58,7 @@ use syn::{ItemFn, parse_macro_input};
 /// | `store = expr` | the store, any `impl Store + Clone` | the process-wide default store |
 /// | `ttl = "24h"` or a `Duration` | how long the result is kept | 24 h |
 /// | `lease = "30s"` or a `Duration` | how long a call holds the key between heartbeats | 10 s |
-/// | `namespace = "..."` | keeps functions apart | module path and function name, plus the type of `Self` for methods and of each type parameter for generic functions |
+/// | `namespace = "..."` | keeps functions apart | module path and function name, plus the type of `Self` for methods and of each type, const and `impl Trait` parameter for generic functions |
 /// | `fingerprint = [a, b]` | parameters (`Serialize`) whose change under one key is refused with `Error::KeyReused` | none |
 /// | `in_progress = wait`, `wait("5s")` or `fail` | a concurrent call waits for the first result, or fails with `Error::InProgress` | `wait("10s")` |
 ///

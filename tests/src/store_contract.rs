@@ -187,6 +187,39 @@ pub async fn an_absent_key_has_no_lease<St: Store>(store: St) {
     ));
 }
 
+/// A completion retried by its own holder (its first reply was lost) is done, not refused,
+/// and changes nothing; the completed record still refuses every other token, and cannot be
+/// released.
+pub async fn a_retried_completion_is_done<St: Store>(store: St) {
+    let key = key("retried");
+    let token = acquire(&store, &key, LONG).await;
+    store
+        .complete(&key, token, Bytes::from_static(b"first"), LONG)
+        .await
+        .unwrap();
+    store
+        .complete(&key, token, Bytes::from_static(b"again"), LONG)
+        .await
+        .unwrap();
+    assert!(matches!(
+        store
+            .complete(&key, LeaseToken::random(), Bytes::new(), LONG)
+            .await,
+        Err(StoreError::LeaseLost)
+    ));
+    assert!(matches!(
+        store.release(&key, token).await,
+        Err(StoreError::LeaseLost)
+    ));
+    assert_eq!(
+        store
+            .begin(&key, &fp("a"), LeaseToken::random(), LONG)
+            .await
+            .unwrap(),
+        Begin::Completed(Bytes::from_static(b"first"))
+    );
+}
+
 /// A holder whose lease expired is fenced: the next holder claims the key, and the stale
 /// holder's complete, release and extend are refused without touching the new record.
 pub async fn a_stale_holder_is_fenced<St: Store>(store: St) {
@@ -378,6 +411,7 @@ macro_rules! store_contract_suite {
             another_payload_is_a_mismatch,
             release_frees_the_key,
             a_wrong_token_is_refused,
+            a_retried_completion_is_done,
             an_absent_key_has_no_lease,
             a_stale_holder_is_fenced,
             an_expired_lease_cannot_complete,

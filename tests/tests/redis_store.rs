@@ -374,36 +374,3 @@ async fn store_prefixes_keep_stores_apart() {
     ));
     assert!(a.redis_key(&key("k")).starts_with("a:t:"));
 }
-
-/// A completion retried by its own holder (its first reply was lost) is done, not refused; the
-/// completed record still refuses anyone else, and cannot be released.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_retried_completion_is_recognised() {
-    let (store, _server) = redis_store().await;
-    let key = key("retried");
-    let token = tests::store_contract::acquired(&store, &key, MINUTE).await;
-    store
-        .complete(&key, token, Bytes::from_static(b"first"), MINUTE)
-        .await
-        .unwrap();
-    store
-        .complete(&key, token, Bytes::from_static(b"again"), MINUTE)
-        .await
-        .unwrap();
-    let stranger = LeaseToken::random();
-    assert!(matches!(
-        store.complete(&key, stranger, Bytes::new(), MINUTE).await,
-        Err(StoreError::LeaseLost)
-    ));
-    assert!(matches!(
-        store.release(&key, token).await,
-        Err(StoreError::LeaseLost)
-    ));
-    assert_eq!(
-        store
-            .begin(&key, &Fingerprint::of(""), LeaseToken::random(), MINUTE)
-            .await
-            .unwrap(),
-        Begin::Completed(Bytes::from_static(b"first"))
-    );
-}

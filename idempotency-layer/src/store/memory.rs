@@ -203,6 +203,8 @@ enum Entry {
         waiters: Option<Arc<Notify>>,
     },
     Completed {
+        /// The holder's token, so that its retried completion is recognised as done.
+        token: LeaseToken,
         fingerprint: Fingerprint,
         result: Bytes,
         expires: Instant,
@@ -496,6 +498,12 @@ impl Store for MemoryStore {
                     fingerprint,
                     ..
                 }) if *held == token && *expires > now => *fingerprint,
+                // Completed by this very holder: a retried completion is done.
+                Some(Entry::Completed {
+                    token: held,
+                    expires,
+                    ..
+                }) if *held == token && *expires > now => return Ok(Ok(())),
                 _ => return Ok(Err(StoreError::LeaseLost)),
             };
             if !shard.charge(inner, 0, result.len()) {
@@ -505,6 +513,7 @@ impl Store for MemoryStore {
             let previous = shard.map.insert(
                 digest,
                 Entry::Completed {
+                    token,
                     fingerprint,
                     result: result.clone(),
                     expires,

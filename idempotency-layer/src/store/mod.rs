@@ -91,7 +91,9 @@ pub trait Store: Send + Sync + 'static {
         lease: Duration,
     ) -> impl Future<Output = Result<Begin, StoreError>> + Send;
 
-    /// Replaces the caller's in-progress record with `result`, kept for `ttl`.
+    /// Replaces the caller's in-progress record with `result`, kept for `ttl`. Repeated by the
+    /// same holder after it succeeded (its reply was lost), it returns `Ok` and changes
+    /// nothing.
     fn complete(
         &self,
         key: &StoreKey,

@@ -68,8 +68,22 @@ async fn type_of<T>() -> Result<String, Error> {
     Ok(std::any::type_name::<T>().to_owned())
 }
 
+#[idempotent(key = "one key")]
+async fn const_of<const N: usize>() -> Result<usize, Error> {
+    Ok(N)
+}
+
+#[idempotent(key = "one key")]
+async fn impl_of(value: impl std::fmt::Debug) -> Result<String, Error> {
+    Ok(format!("{value:?}"))
+}
+
 #[tokio::main]
 async fn main() {
+    assert_eq!(const_of::<1>().await.unwrap(), 1);
+    assert_eq!(const_of::<2>().await.unwrap(), 2);
+    assert_eq!(impl_of(1u8).await.unwrap(), "1");
+    assert_eq!(impl_of("two").await.unwrap(), "\"two\"");
     // Two impls of one trait method, and two instances of one generic function, never share.
     assert_eq!(Email.notify("u").await.unwrap(), "email");
     assert_eq!(Sms.notify("u").await.unwrap(), "sms");
