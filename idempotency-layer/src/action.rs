@@ -13,6 +13,9 @@
 //! `Ok` still stores the result. (Both happen in a task spawned on the current Tokio runtime;
 //! outside one, the key frees itself when its lease expires.)
 //!
+//! A result larger than the store can hold is not kept: the key is kept completed without it,
+//! and later calls fail with [`Error::ResultNotKept`] rather than run the body again.
+//!
 //! A result must survive a JSON round trip: one that does not serialize is not stored (the key
 //! is released and the error logged), and one that serializes but does not read back (a NaN
 //! float becomes `null`) makes later calls fail with a [`StoreError::Corrupt`].
@@ -202,6 +205,8 @@ impl<S> Action<S> {
 
 /// The version byte in front of every stored action result; the rest is JSON.
 const RESULT_VERSION: u8 = 1;
+/// The whole record of a result the store could not hold.
+const RESULT_NOT_KEPT: u8 = 2;
 
 impl<S: Store + Clone> Action<S> {
     /// Runs `body` once for `key` (any `Display`: a string, a number, an id) and `fingerprint`;
@@ -288,7 +293,14 @@ impl<S: Store + Clone> Action<S> {
 
     async fn keep(&self, held: &Held<S>, record: Bytes) {
         let key = &held.key;
-        match lease::complete(&self.store, key, held.token, record, self.ttl).await {
+        let mut stored = lease::complete(&self.store, key, held.token, record, self.ttl).await;
+        if matches!(stored, Err(StoreError::Full(_))) {
+            // The store cannot hold this result: keep the key completed without it, so that
+            // later calls are told so rather than run the body again.
+            let marker = Bytes::from_static(&[RESULT_NOT_KEPT]);
+            stored = lease::complete(&self.store, key, held.token, marker, self.ttl).await;
+        }
+        match stored {
             Ok(()) => {
                 tracing::debug!(key = %key.short(), namespace = %self.namespace, "idempotent action: executed and stored");
             }
@@ -327,6 +339,7 @@ fn decode<T: DeserializeOwned>(record: &[u8]) -> Result<T, Error> {
                 "a stored action result does not decode: {error}"
             )))
         }),
+        Some((&RESULT_NOT_KEPT, [])) => Err(Error::ResultNotKept),
         _ => Err(Error::Store(StoreError::Corrupt(
             "a stored action result has an unknown version".to_owned(),
         ))),

@@ -61,6 +61,10 @@ pub enum Error {
     /// The key was already used with other arguments (the ones named as `fingerprint`).
     #[error("this idempotency key was already used with different arguments")]
     KeyReused,
+    /// The first call with this key ran, but its result was too large for the store to keep:
+    /// it is not run again, and its result cannot be returned.
+    #[error("the first call with this idempotency key ran, but its result was too large to keep")]
+    ResultNotKept,
     /// An argument or result could not be serialized.
     #[error("could not serialize for the idempotency store: {0}")]
     Encode(#[source] serde_json::Error),

@@ -205,3 +205,26 @@ async fn a_call_cancelled_during_its_claim_releases_the_key() {
     };
     assert_eq!(run, 1);
 }
+
+/// A result the store can never hold is kept as "ran, result not kept": later calls get
+/// `ResultNotKept` and never run the body again.
+#[tokio::test]
+async fn an_action_result_too_large_for_the_store_is_never_rerun() {
+    use idempotency_layer::action::{Action, Fingerprint};
+
+    let store = MemoryStore::builder().max_bytes(4 * 1024).build();
+    let action = Action::new("too-large").store(store);
+    let runs = AtomicUsize::new(0);
+    let body = || async {
+        runs.fetch_add(1, Ordering::SeqCst);
+        Ok::<_, idempotency_layer::Error>("x".repeat(10_000))
+    };
+    let first: String = action.run("k", Fingerprint::of(""), body).await.unwrap();
+    assert_eq!(first.len(), 10_000);
+    let again: Result<String, _> = action.run("k", Fingerprint::of(""), body).await;
+    assert!(
+        matches!(again, Err(idempotency_layer::Error::ResultNotKept)),
+        "{again:?}"
+    );
+    assert_eq!(runs.load(Ordering::SeqCst), 1);
+}
