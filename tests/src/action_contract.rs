@@ -115,12 +115,24 @@ where
 /// A service with a method: `&self` and a store held in the struct.
 pub struct Mailer<St> {
     store: St,
+    entered: AtomicUsize,
     runs: AtomicUsize,
+}
+
+impl<St> Mailer<St> {
+    fn new(store: St) -> Self {
+        Self {
+            store,
+            entered: AtomicUsize::new(0),
+            runs: AtomicUsize::new(0),
+        }
+    }
 }
 
 impl<St: Store + Clone> Mailer<St> {
     #[idempotent(key = user, store = self.store.clone(), in_progress = fail, lease = "5s")]
     async fn welcome(&self, user: &str, delay: Duration) -> Result<usize, Error> {
+        self.entered.fetch_add(1, Ordering::SeqCst);
         tokio::time::sleep(delay).await;
         Ok(self.runs.fetch_add(1, Ordering::SeqCst) + 1)
     }
@@ -130,7 +142,7 @@ impl<St: Store + Clone> Mailer<St> {
         Ok(self.runs.fetch_add(1, Ordering::SeqCst) + 1)
     }
 
-    #[idempotent(key = user, store = self.store.clone(), ttl = Duration::from_millis(300))]
+    #[idempotent(key = user, store = self.store.clone(), ttl = Duration::from_secs(1))]
     async fn short_lived(&self, user: &str) -> Result<usize, Error> {
         Ok(self.runs.fetch_add(1, Ordering::SeqCst) + 1)
     }
@@ -238,16 +250,20 @@ pub async fn other_arguments_are_key_reused<St: Store + Clone>(store: St) {
 
 /// With `in_progress = fail`, a concurrent call fails with `InProgress` instead of waiting.
 pub async fn the_fail_policy_gives_in_progress<St: Store + Clone>(store: St) {
-    let mailer = Arc::new(Mailer {
-        store,
-        runs: AtomicUsize::new(0),
-    });
+    let mailer = Arc::new(Mailer::new(store));
     let user = unique("user");
     let first = tokio::spawn({
         let (mailer, user) = (mailer.clone(), user.clone());
         async move { mailer.welcome(&user, Duration::from_millis(500)).await }
     });
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while mailer.entered.load(Ordering::SeqCst) == 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the first call never started"
+        );
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
     let second = mailer.welcome(&user, Duration::ZERO).await;
     assert!(
         matches!(second, Err(Error::InProgress { .. })),
@@ -259,10 +275,7 @@ pub async fn the_fail_policy_gives_in_progress<St: Store + Clone>(store: St) {
 
 /// Two functions (two namespaces) with the same key never share a result.
 pub async fn namespaces_never_collide<St: Store + Clone>(store: St) {
-    let mailer = Mailer {
-        store,
-        runs: AtomicUsize::new(0),
-    };
+    let mailer = Mailer::new(store);
     let user = unique("user");
     assert_eq!(mailer.welcome(&user, Duration::ZERO).await.unwrap(), 1);
     assert_eq!(mailer.farewell(&user).await.unwrap(), 2);
@@ -272,14 +285,11 @@ pub async fn namespaces_never_collide<St: Store + Clone>(store: St) {
 
 /// After the TTL the result is gone and the body runs again.
 pub async fn the_ttl_expires_results<St: Store + Clone>(store: St) {
-    let mailer = Mailer {
-        store,
-        runs: AtomicUsize::new(0),
-    };
+    let mailer = Mailer::new(store);
     let user = unique("user");
     assert_eq!(mailer.short_lived(&user).await.unwrap(), 1);
     assert_eq!(mailer.short_lived(&user).await.unwrap(), 1);
-    tokio::time::sleep(Duration::from_millis(600)).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
     assert_eq!(mailer.short_lived(&user).await.unwrap(), 2);
 }
 

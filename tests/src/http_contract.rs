@@ -334,11 +334,11 @@ pub async fn an_oversized_response_is_sent_once_and_never_rerun<St: Store>(store
 /// A handler that outlives its lease keeps the key through the heartbeat: a retry meanwhile is
 /// 409, not a second run.
 pub async fn the_heartbeat_keeps_a_long_handler_exclusive<St: Store>(store: St) {
-    let (app, counters) = app(IdempotencyLayer::new(store).lease(Duration::from_millis(300)));
+    let (app, counters) = app(IdempotencyLayer::new(store).lease(Duration::from_secs(1)));
     let key = unique("heartbeat");
     let first = tokio::spawn(send_owned(app.clone(), key.clone()));
     counters.until_entered(1).await;
-    tokio::time::sleep(Duration::from_millis(1000)).await;
+    tokio::time::sleep(Duration::from_millis(2500)).await;
     send(&app, post_with("/gated", &key, "{}"))
         .await
         .assert_problem(409, "in-progress");
@@ -350,7 +350,7 @@ pub async fn the_heartbeat_keeps_a_long_handler_exclusive<St: Store>(store: St) 
 
 /// Records expire after the TTL; then the key runs afresh.
 pub async fn records_expire_after_the_ttl<St: Store>(store: St) {
-    let (app, counters) = app(IdempotencyLayer::new(store).ttl(Duration::from_millis(200)));
+    let (app, counters) = app(IdempotencyLayer::new(store).ttl(Duration::from_secs(1)));
     let key = unique("ttl");
     send(&app, post_with("/payments", &key, "{}")).await;
     assert!(
@@ -358,7 +358,7 @@ pub async fn records_expire_after_the_ttl<St: Store>(store: St) {
             .await
             .replayed()
     );
-    tokio::time::sleep(Duration::from_millis(400)).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
     assert!(
         !send(&app, post_with("/payments", &key, "{}"))
             .await

@@ -276,10 +276,10 @@ pub async fn an_expired_lease_cannot_complete<St: Store>(store: St) {
 /// Extending a lease keeps the key held past its first expiry.
 pub async fn extend_keeps_the_lease<St: Store>(store: St) {
     let key = key("k");
-    let lease = Duration::from_millis(300);
+    let lease = Duration::from_secs(1);
     let token = acquire(&store, &key, lease).await;
     for _ in 0..4 {
-        tokio::time::sleep(Duration::from_millis(150)).await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
         store.extend(&key, token, lease).await.unwrap();
     }
     assert!(matches!(
@@ -304,7 +304,7 @@ pub async fn completed_records_expire<St: Store>(store: St) {
             &key,
             token,
             Bytes::from_static(b"r"),
-            Duration::from_millis(150),
+            Duration::from_secs(1),
         )
         .await
         .unwrap();
@@ -315,7 +315,7 @@ pub async fn completed_records_expire<St: Store>(store: St) {
             .unwrap(),
         Begin::Completed(_)
     ));
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
     acquire(&store, &key, LONG).await;
 }
 

@@ -56,6 +56,19 @@ async fn payments(addr: SocketAddr) -> Vec<serde_json::Value> {
 
 const PAYMENT: &str = r#"{"amount":1000,"currency":"EUR"}"#;
 
+/// Retries `order-7` on `addr` until it is no longer in flight (at most 10 s): the replay.
+async fn replay(addr: SocketAddr) -> tests::app::Reply {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let reply = post(addr, "/payments", "order-7", PAYMENT).await;
+        if reply.status != StatusCode::CONFLICT {
+            return reply;
+        }
+        assert!(Instant::now() < deadline, "order-7 never completed");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_quickstart_replays_on_its_memory_store_and_stops_on_sigterm() {
     let addr = free_addr();
@@ -102,11 +115,7 @@ async fn two_quickstarts_on_one_redis_are_one_service() {
             "{reply:?}"
         );
     }
-    tokio::time::sleep(Duration::from_millis(600)).await;
-    let (from_a, from_b) = (
-        post(a, "/payments", "order-7", PAYMENT).await,
-        post(b, "/payments", "order-7", PAYMENT).await,
-    );
+    let (from_a, from_b) = (replay(a).await, replay(b).await);
     assert!(from_a.replayed() && from_b.replayed());
     assert_eq!(from_a.json()["id"], from_b.json()["id"]);
     let executed = payments(a).await.len() + payments(b).await.len();
