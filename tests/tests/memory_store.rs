@@ -112,6 +112,34 @@ mod bounds {
         }
     }
 
+    /// A result that cannot fit beside the records in progress (which are never evicted) is
+    /// refused at once, without evicting the completed records for nothing.
+    #[tokio::test]
+    async fn a_result_that_cannot_fit_evicts_nothing() {
+        let overhead = {
+            let probe = MemoryStore::builder().shards(1).build();
+            complete(&probe, 0, b"", HOUR).await;
+            probe.bytes()
+        };
+        let store = MemoryStore::builder()
+            .max_bytes(40 * overhead)
+            .shards(4)
+            .build();
+        for n in 0..10 {
+            complete(&store, n, b"r", HOUR).await;
+        }
+        let held: Vec<_> = (100..120).map(|n| (n, key(n))).collect();
+        let mut tokens = Vec::new();
+        for (_, key) in &held {
+            tokens.push(tests::store_contract::acquired(&store, key, HOUR).await);
+        }
+        // Fits in max_bytes alone, not beside the 20 records in progress.
+        let result = Bytes::from(vec![0; 25 * overhead]);
+        let refused = store.complete(&held[0].1, tokens[0], result, HOUR).await;
+        assert!(matches!(refused, Err(StoreError::Full(_))), "{refused:?}");
+        assert_eq!(store.len(), 30, "no completed record was evicted");
+    }
+
     /// However long the backlog of expired records, an expired record is absent at once: a
     /// lapsed lease is claimed, a lapsed result is not replayed, another payload is no mismatch.
     #[tokio::test(start_paused = true)]

@@ -96,6 +96,7 @@ impl MemoryStoreBuilder {
             inner: Arc::new(Inner {
                 shards: (0..self.shards).map(|_| Mutex::default()).collect(),
                 entries: AtomicUsize::new(0),
+                in_progress: AtomicUsize::new(0),
                 bytes: AtomicUsize::new(0),
                 max_entries: self.max_entries,
                 max_bytes: self.max_bytes,
@@ -152,6 +153,8 @@ impl fmt::Debug for MemoryStore {
 struct Inner {
     shards: Box<[Mutex<Shard>]>,
     entries: AtomicUsize,
+    /// Records in progress: never evicted, so the room they take is never there for a result.
+    in_progress: AtomicUsize,
     bytes: AtomicUsize,
     max_entries: usize,
     max_bytes: usize,
@@ -305,12 +308,11 @@ fn take(map: &mut Records, digest: &Digest, inner: &Inner) -> Option<Entry> {
     let entry = map.remove(digest)?;
     inner.entries.fetch_sub(1, Relaxed);
     inner.bytes.fetch_sub(entry.size(), Relaxed);
-    if let Entry::InProgress {
-        waiters: Some(waiters),
-        ..
-    } = &entry
-    {
-        waiters.notify_waiters();
+    if let Entry::InProgress { waiters, .. } = &entry {
+        inner.in_progress.fetch_sub(1, Relaxed);
+        if let Some(waiters) = waiters {
+            waiters.notify_waiters();
+        }
     }
     Some(entry)
 }
@@ -462,6 +464,7 @@ impl Store for MemoryStore {
                 return Err(NeedRoom);
             }
             let expires = deadline(now, lease);
+            inner.in_progress.fetch_add(1, Relaxed);
             shard.map.insert(
                 digest,
                 Entry::InProgress {
@@ -484,10 +487,13 @@ impl Store for MemoryStore {
         ttl: Duration,
     ) -> Result<(), StoreError> {
         let inner = &*self.inner;
-        if RECORD_OVERHEAD + result.len() > inner.max_bytes {
-            // Evicting everything else would not make room: refuse without evicting anything.
+        // The records in progress (the caller's among them, which this result replaces) stay
+        // whatever is evicted: if the result does not fit beside them, evicting completed
+        // records would not make room. Refuse without evicting anything.
+        let in_progress = inner.in_progress.load(Relaxed).max(1);
+        if in_progress * RECORD_OVERHEAD + result.len() > inner.max_bytes {
             return Err(StoreError::Full(
-                "the result is larger than the store's max_bytes",
+                "the result does not fit in the store's max_bytes beside the records in progress",
             ));
         }
         inner.with_room(key, |shard, digest, now| {
@@ -520,6 +526,7 @@ impl Store for MemoryStore {
                 },
             );
             shard.completed.push(Reverse((expires, digest)));
+            inner.in_progress.fetch_sub(1, Relaxed);
             if let Some(Entry::InProgress {
                 waiters: Some(waiters),
                 ..
