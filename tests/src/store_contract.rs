@@ -55,6 +55,25 @@ pub async fn acquired<St: Store>(store: &St, key: &StoreKey, lease: Duration) ->
     }
 }
 
+/// Asserts that `token` can neither complete, release nor extend `key`: all three are refused
+/// with `LeaseLost`.
+async fn assert_fenced_out<St: Store>(store: &St, key: &StoreKey, token: LeaseToken) {
+    assert!(matches!(
+        store
+            .complete(key, token, Bytes::from_static(b"refused"), LONG)
+            .await,
+        Err(StoreError::LeaseLost)
+    ));
+    assert!(matches!(
+        store.release(key, token).await,
+        Err(StoreError::LeaseLost)
+    ));
+    assert!(matches!(
+        store.extend(key, token, LONG).await,
+        Err(StoreError::LeaseLost)
+    ));
+}
+
 async fn acquire<St: Store>(store: &St, key: &StoreKey, lease: Duration) -> LeaseToken {
     match store
         .begin(key, &fp("a"), LeaseToken::random(), lease)
@@ -144,18 +163,7 @@ pub async fn a_wrong_token_is_refused<St: Store>(store: St) {
     let key = key("k");
     let token = acquire(&store, &key, LONG).await;
     let stranger = LeaseToken::random();
-    assert!(matches!(
-        store.complete(&key, stranger, Bytes::new(), LONG).await,
-        Err(StoreError::LeaseLost)
-    ));
-    assert!(matches!(
-        store.release(&key, stranger).await,
-        Err(StoreError::LeaseLost)
-    ));
-    assert!(matches!(
-        store.extend(&key, stranger, LONG).await,
-        Err(StoreError::LeaseLost)
-    ));
+    assert_fenced_out(&store, &key, stranger).await;
     store
         .complete(&key, token, Bytes::from_static(b"mine"), LONG)
         .await
@@ -173,18 +181,7 @@ pub async fn a_wrong_token_is_refused<St: Store>(store: St) {
 pub async fn an_absent_key_has_no_lease<St: Store>(store: St) {
     let key = key("never");
     let token = LeaseToken::random();
-    assert!(matches!(
-        store.complete(&key, token, Bytes::new(), LONG).await,
-        Err(StoreError::LeaseLost)
-    ));
-    assert!(matches!(
-        store.release(&key, token).await,
-        Err(StoreError::LeaseLost)
-    ));
-    assert!(matches!(
-        store.extend(&key, token, LONG).await,
-        Err(StoreError::LeaseLost)
-    ));
+    assert_fenced_out(&store, &key, token).await;
 }
 
 /// A completion retried by its own holder (its first reply was lost) is done, not refused,
@@ -227,20 +224,7 @@ pub async fn a_stale_holder_is_fenced<St: Store>(store: St) {
     let stale = acquire(&store, &key, Duration::from_millis(100)).await;
     tokio::time::sleep(Duration::from_millis(250)).await;
     let current = acquire(&store, &key, LONG).await;
-    assert!(matches!(
-        store
-            .complete(&key, stale, Bytes::from_static(b"stale"), LONG)
-            .await,
-        Err(StoreError::LeaseLost)
-    ));
-    assert!(matches!(
-        store.release(&key, stale).await,
-        Err(StoreError::LeaseLost)
-    ));
-    assert!(matches!(
-        store.extend(&key, stale, LONG).await,
-        Err(StoreError::LeaseLost)
-    ));
+    assert_fenced_out(&store, &key, stale).await;
     assert!(matches!(
         store
             .begin(&key, &fp("a"), LeaseToken::random(), LONG)
